@@ -1,0 +1,1 @@
+"""Stand-ins for packages NeMo imports but streamd never uses (installed by :mod:`streamd.shims`)."""

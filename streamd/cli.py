@@ -1,0 +1,48 @@
+"""The ``streamd`` console script: one sub-command per module in :mod:`streamd.commands`.
+
+Each command module defines ``register(subparsers)`` which adds its parser and sets
+``func`` to a callable taking the parsed namespace and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from streamd.log import configure_logging
+
+# Imported lazily in main() so `streamd --help` does not pay for torch/NeMo imports.
+COMMAND_MODULES = (
+    "serve",
+    "transcribe",
+    "model",
+    "parity",
+    "convert",
+    "align",
+    "bench",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamd", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="info", help="debug|info|warning|error (default info)")
+    parser.add_argument(
+        "--log-format", default="auto", choices=("auto", "json", "console"),
+        help="log rendering: JSON lines, readable console, or auto (console on a TTY)",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"streamd.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""The streaming engine: continuous batching of cache-aware FastConformer-RNNT streams.
+
+Built on NeMo's lower-level streaming pieces — ``ConformerEncoder.cache_aware_stream_step``,
+the batched greedy RNNT decoder with partial hypotheses, and ``CacheAwareContextManager`` from
+``nemo.collections.asr.inference`` (preallocated cache slots, gathered per step). Where this
+deviates from NeMo 3.0's ``CacheAwareRNNTPipeline``, and why:
+
+* One pipeline serves one ``att_context_size``; here every stream picks its own (80/160/560/
+  1120 ms) on one loaded model: each step groups ready streams by chunk size.
+* The pipeline recomputes features per chunk (frames at chunk edges see padding the offline run
+  does not) and pre-fills the first chunk with log-zero frames; here features are exact
+  (:mod:`streamd.engine.features`) and the first chunk is the encoder's own first chunk
+  (``1 + 8R`` frames, no pre-encode cache), as in an offline run. With [70, 0] the second chunk
+  has only one frame of history, fewer than the 9-frame pre-encode cache: it is fed that true
+  history and drops one subsampled frame instead of two. Streaming therefore equals offline.
+* The pipeline runs ending streams in a second model call per step (``keep_all_outputs``); for
+  ``chunked_limited`` attention that flag changes nothing, so they share the batch here.
+
+The engine is single-threaded by design: one worker thread owns the model and calls every method
+(see :mod:`streamd.engine.runner`). Nothing here touches asyncio.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamd.engine.decoding import tokens_to_text, tokens_to_words
+from streamd.engine.endpointing import utterance_ended
+from streamd.engine.features import FeatureExtractor, append_samples
+from streamd.engine.offline import frame_seconds, hypothesis_frames, hypothesis_tokens, model_device_dtype
+from streamd.engine.stream import Stream, StreamOptions, StreamUpdate, Utterance
+from streamd.log import get_logger
+from streamd.nemo_import import import_nemo_asr
+
+log = get_logger(__name__)
+
+
+class EngineFullError(RuntimeError):
+    """No free stream slot: the engine already serves ``max_streams`` streams."""
+
+
+@dataclass
+class StepStats:
+    """Timing of the last :meth:`StreamingEngine.step`, for logs and benchmarks."""
+
+    streams: int = 0
+    model_calls: int = 0
+    features_s: float = 0.0
+    encoder_s: float = 0.0
+    decoder_s: float = 0.0
+    total_s: float = 0.0
+
+
+class _CacheSource:
+    """Adapter giving NeMo's context manager the encoder's initial cache in our dtype/device."""
+
+    def __init__(self, encoder: Any, dtype: torch.dtype, device: torch.device) -> None:
+        self.encoder, self.dtype, self.device = encoder, dtype, device
+
+    def get_initial_cache_state(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        return self.encoder.get_initial_cache_state(batch_size=batch_size, dtype=self.dtype, device=self.device)
+
+
+class StreamingEngine:
+    """Batched cache-aware streaming over one loaded model.
+
+    Feed audio with :meth:`push_audio` (float32 mono at :attr:`sample_rate`), mark the end with
+    :meth:`end_stream`, and call :meth:`step` repeatedly: each call runs at most one chunk per
+    stream, batching all ready streams (up to ``max_batch``), and returns what changed.
+    """
+
+    def __init__(self, model: Any, max_batch: int = 32, max_streams: int = 64,
+                 record_encoder_output: bool = False) -> None:
+        nemo_asr = import_nemo_asr()
+        from nemo.collections.asr.inference.utils.context_manager import (
+            CacheAwareContext,
+            CacheAwareContextManager,
+        )
+
+        self._context_type = CacheAwareContext
+        self.model = model
+        self.encoder = model.encoder
+        self.device, self.dtype = model_device_dtype(model)
+        if not isinstance(model, nemo_asr.models.EncDecRNNTModel):
+            raise ValueError("streamd streams RNNT models (EncDecRNNTModel / EncDecRNNTBPEModel)")
+        if getattr(self.encoder, "att_context_style", None) != "chunked_limited":
+            raise ValueError("the model's encoder is not cache-aware (att_context_style chunked_limited)")
+        self.att_context_sizes = [tuple(s) for s in self.encoder.att_context_size_all]
+        self.sample_rate = int(model.cfg.preprocessor.sample_rate)
+        self.subsampling = int(self.encoder.subsampling_factor)
+        self.frame_s = frame_seconds(model)
+        self.features = FeatureExtractor(model.preprocessor, self.device)
+        self.max_batch = max_batch
+        self.max_streams = max_streams
+        self._streaming_cfgs = {}
+        for size in self.att_context_sizes:
+            self.encoder.set_default_att_context_size(list(size))
+            self._streaming_cfgs[size] = self.encoder.streaming_cfg
+        first = self._streaming_cfgs[self.att_context_sizes[0]]
+        self.pre_encode_cache = int(first.pre_encode_cache_size[1])
+        self.drop_extra = int(first.drop_extra_pre_encoded)
+        self.contexts = CacheAwareContextManager(_CacheSource(self.encoder, self.dtype, self.device), max_streams)
+        self.streams: dict[int, Stream] = {}
+        self._ids = itertools.count()
+        self.last_stats = StepStats()
+        # For parity checks and tests: every stream's encoder output, chunk by chunk.
+        self.record_encoder_output = record_encoder_output
+        self.encoder_outputs: dict[int, list[torch.Tensor]] = defaultdict(list)
+
+    # ----------------------------------------------------------------- stream lifecycle
+    def open_stream(self, options: StreamOptions | None = None) -> int:
+        options = options or StreamOptions()
+        if tuple(options.att_context_size) not in self._streaming_cfgs:
+            raise ValueError(
+                f"att_context_size {list(options.att_context_size)} not supported by this model; "
+                f"choose one of {[list(s) for s in self.att_context_sizes]}"
+            )
+        if len(self.streams) >= self.max_streams:
+            raise EngineFullError(f"engine serves its maximum of {self.max_streams} streams")
+        stream_id = next(self._ids)
+        self.streams[stream_id] = Stream(stream_id, options, self.features.n_mels, waiting_since=time.monotonic())
+        return stream_id
+
+    def push_audio(self, stream_id: int, samples: np.ndarray) -> None:
+        """Append float32 mono samples at :attr:`sample_rate`. NaN/Inf are refused here so a
+        bad client can never poison a batch shared with other streams."""
+        stream = self._live(stream_id)
+        if stream.eof:
+            raise ValueError("audio after end of stream")
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if not np.isfinite(samples).all():
+            raise ValueError("audio contains NaN or infinite samples")
+        append_samples(stream.features, samples)
+
+    def end_stream(self, stream_id: int) -> None:
+        """No more audio: the stream's remaining audio is decoded and its last final emitted."""
+        self._live(stream_id).eof = True
+
+    def finalize(self, stream_id: int) -> None:
+        """End the current utterance at the audio decoded so far (at the next step)."""
+        self._live(stream_id).finalize_requested = True
+
+    def close_stream(self, stream_id: int) -> None:
+        """Drop a stream at once (client gone): no final, its cache slot is freed."""
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None and stream.has_slot:
+            self.contexts.reset_slots([stream_id], [True])
+
+    def has_work(self) -> bool:
+        """True when a :meth:`step` would make progress."""
+        return any(self._ready(s) or s.finalize_requested for s in self.streams.values())
+
+    def _live(self, stream_id: int) -> Stream:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.finished:
+            raise KeyError(f"no open stream {stream_id}")
+        return stream
+
+    # ----------------------------------------------------------------- scheduling
+    def _chunk_frames(self, stream: Stream) -> int:
+        """Mel frames of the stream's next chunk: 1 + 8R first, then 8(R + 1)."""
+        cfg = self._streaming_cfgs[stream.options.att_context_size]
+        return int(cfg.chunk_size[0] if stream.steps == 0 else cfg.chunk_size[1])
+
+    def _ready(self, stream: Stream) -> bool:
+        """Whether the stream has a whole chunk (counting audio not yet featurized) or has ended."""
+        if stream.finished:
+            return False
+        if stream.eof:
+            return True
+        unfeaturized = self.features.ready_frames(stream.features, False) - stream.features.frames_done
+        return stream.pending_frames() + unfeaturized >= self._chunk_frames(stream)
+
+    def _pre_encode(self, stream: Stream) -> tuple[torch.Tensor | None, int]:
+        """Frames fed before the chunk and how many subsampled frames they yield (dropped)."""
+        if stream.steps == 0 or stream.history is None:
+            return None, 0
+        history = stream.history
+        if history.shape[1] >= self.pre_encode_cache:
+            return history[:, -self.pre_encode_cache :], self.drop_extra
+        # Short history ([70, 0] after its 1-frame first chunk): feed all of it, as the offline
+        # convolution sees it, and drop exactly the frames it produces.
+        return history, math.ceil(history.shape[1] / self.subsampling)
+
+    # ----------------------------------------------------------------- the step
+    def step(self) -> list[StreamUpdate]:
+        """Run one batched step over every ready stream; return per-stream updates."""
+        started = time.perf_counter()
+        stats = StepStats()
+        updates: dict[int, StreamUpdate] = {}
+
+        # 1. features for every stream with new audio (one batched featurizer call)
+        needs = [s for s in self.streams.values() if not s.features_final and (
+            s.eof or self.features.ready_frames(s.features, False) > s.features.frames_done)]
+        if needs:
+            new = self.features.extract([s.features for s in needs], [s.eof for s in needs])
+            for stream, frames in zip(needs, new):
+                stream.append_frames(frames)
+                stream.features_final = stream.eof
+        stats.features_s = time.perf_counter() - started
+
+        # 2. pick ready streams, oldest first, and group by (chunk size, frames to drop)
+        ready = [s for s in self.streams.values() if not s.finished and (
+            s.pending_frames() >= self._chunk_frames(s) or s.features_final)]
+        ready.sort(key=lambda s: s.waiting_since)
+        ready = ready[: self.max_batch]
+        groups: dict[tuple[tuple[int, int], int], list[Stream]] = defaultdict(list)
+        ending_without_audio = []
+        for stream in ready:
+            if stream.pending_frames() == 0:
+                ending_without_audio.append(stream)  # eof exactly at a chunk boundary, or no audio
+                continue
+            groups[(stream.options.att_context_size, self._pre_encode(stream)[1])].append(stream)
+        for (size, drop), group in groups.items():
+            self._run_group(size, drop, group, stats, updates)
+            stats.model_calls += 1
+        stats.streams = sum(len(g) for g in groups.values())
+
+        # 3. utterance ends: end of stream, forced finalize, endpoint
+        now = time.monotonic()
+        for stream in ready:
+            stream.waiting_since = now
+        for stream in list(self.streams.values()):
+            update = updates.get(stream.stream_id) or StreamUpdate(stream.stream_id)
+            ends_now = stream.features_final and stream.pending_frames() == 0 and not stream.finished
+            if ends_now and stream in ending_without_audio or ends_now and stream.stream_id in updates:
+                self._end_utterance(stream, "eof", update)
+                update.finished = stream.finished = True
+                if stream.has_slot:
+                    self.contexts.reset_slots([stream.stream_id], [True])
+                    stream.has_slot = False
+            elif stream.finalize_requested:
+                stream.finalize_requested = False
+                self._end_utterance(stream, "finalize", update)
+            elif utterance_ended(stream.options.endpointing, self._last_token_frame(stream),
+                                 stream.encoder_frames, self.frame_s * 1000):
+                self._end_utterance(stream, "endpoint", update)
+            else:
+                self._set_partial(stream, update)
+            update.audio_seconds = stream.features.samples_total / self.sample_rate
+            if update.partial is not None or update.finals or update.finished:
+                updates[stream.stream_id] = update
+        for stream_id, update in updates.items():
+            if update.finished:
+                del self.streams[stream_id]
+        stats.total_s = time.perf_counter() - started
+        self.last_stats = stats
+        return list(updates.values())
+
+    def _run_group(self, size: tuple[int, int], drop: int, group: list[Stream], stats: StepStats,
+                   updates: dict[int, StreamUpdate]) -> None:
+        t0 = time.perf_counter()
+        inputs, lengths = [], []
+        for stream in group:
+            take = min(stream.pending_frames(), self._chunk_frames(stream))
+            chunk = stream.pending[:, :take]
+            stream.pending = stream.pending[:, take:]
+            history, _ = self._pre_encode(stream)
+            feed = chunk if history is None else torch.cat([history, chunk], dim=1)
+            inputs.append(feed)
+            lengths.append(feed.shape[1])
+            fed = chunk if stream.history is None else torch.cat([stream.history, chunk], dim=1)
+            stream.history = fed[:, -self.pre_encode_cache :]
+            stream.mel_frames_fed += take
+        signal = torch.zeros(len(group), self.features.n_mels, max(lengths), device=self.device, dtype=self.dtype)
+        for i, feed in enumerate(inputs):
+            signal[i, :, : feed.shape[1]] = feed
+        signal_len = torch.tensor(lengths, device=self.device)
+        ids = [s.stream_id for s in group]
+
+        with torch.inference_mode():
+            self.encoder.att_context_size = list(size)
+            self.encoder.streaming_cfg = self._streaming_cfgs[size]
+            context, mapping = self.contexts.get_context(ids)
+            encoded, encoded_len, cache_channel, cache_time, cache_len = self.encoder.cache_aware_stream_step(
+                processed_signal=signal,
+                processed_signal_length=signal_len,
+                cache_last_channel=context.cache_last_channel,
+                cache_last_time=context.cache_last_time,
+                cache_last_channel_len=context.cache_last_channel_len,
+                keep_all_outputs=True,
+                drop_extra_pre_encoded=drop,
+            )
+            self.contexts.update_cache(ids, self._context_type(cache_channel, cache_time, cache_len), mapping)
+            t1 = time.perf_counter()
+            hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
+                encoded, encoded_len, return_hypotheses=True,
+                partial_hypotheses=[s.hypothesis for s in group],
+            )
+        t2 = time.perf_counter()
+        stats.encoder_s += t1 - t0
+        stats.decoder_s += t2 - t1
+        for i, (stream, hyp, n_out) in enumerate(zip(group, hyps, encoded_len.tolist())):
+            if self.record_encoder_output:
+                self.encoder_outputs[stream.stream_id].append(encoded[i, :, :n_out].float().cpu())
+            stream.has_slot = True
+            stream.steps += 1
+            tokens = hypothesis_tokens(hyp)
+            new_tokens = tokens[len(stream.tokens):]
+            # Partial hypotheses carry frame indices relative to the chunk they were found in.
+            new_frames = hypothesis_frames(hyp)[len(stream.tokens):]
+            stream.tokens.extend(new_tokens)
+            stream.frames.extend(stream.encoder_frames + f for f in new_frames)
+            stream.encoder_frames += int(n_out)
+            stream.hypothesis = hyp
+            updates.setdefault(stream.stream_id, StreamUpdate(stream.stream_id))
+
+    # ----------------------------------------------------------------- transcripts
+    def _last_token_frame(self, stream: Stream) -> int | None:
+        if len(stream.frames) > stream.utterance_first_token:
+            return stream.frames[-1]
+        return None
+
+    def _utterance_tokens(self, stream: Stream) -> tuple[list[int], list[int]]:
+        first = stream.utterance_first_token
+        return stream.tokens[first:], stream.frames[first:]
+
+    def _set_partial(self, stream: Stream, update: StreamUpdate) -> None:
+        tokens, _ = self._utterance_tokens(stream)
+        text = tokens_to_text(self.model.tokenizer, tokens)
+        if text != stream.last_partial:
+            stream.last_partial = text
+            update.partial, update.partial_tokens = text, tokens
+
+    def _end_utterance(self, stream: Stream, reason: str, update: StreamUpdate) -> None:
+        tokens, frames = self._utterance_tokens(stream)
+        audio_s = stream.features.samples_total / self.sample_rate
+        end = min(stream.encoder_frames * self.frame_s, audio_s) if reason != "eof" else audio_s
+        words = (tokens_to_words(self.model.tokenizer, tokens, frames, self.frame_s)
+                 if stream.options.word_timestamps else [])
+        update.finals.append(Utterance(
+            index=stream.utterance_index,
+            text=tokens_to_text(self.model.tokenizer, tokens),
+            tokens=tokens,
+            words=words,
+            start=round(stream.utterance_start, 3),
+            end=round(end, 3),
+            reason=reason,
+        ))
+        stream.utterance_index += 1
+        stream.utterance_first_token = len(stream.tokens)
+        stream.utterance_start = end
+        stream.last_partial = ""

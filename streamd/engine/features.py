@@ -1,0 +1,99 @@
+"""Incremental log-mel features that equal NeMo's offline features frame for frame.
+
+NeMo's preprocessor runs a centered, zero-padded STFT over the whole utterance and keeps
+``len // hop`` frames; frame ``k`` reads samples ``[k·hop − n_fft/2, k·hop + n_fft/2)``. NeMo's
+streaming pipeline instead recomputes each chunk separately, so frames at chunk edges see
+padding that the offline run does not (and differ from it). Here a frame is computed only once
+its whole window has arrived (or at end of stream, where the offline run pads with zeros too),
+by NeMo's own featurizer over a window of audio that starts ``MARGIN`` frames early so no kept
+frame touches the window's artificial edge or the pre-emphasis of its first sample.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class FeatureState:
+    """Per-stream audio not yet turned into frames, and how many frames were emitted."""
+
+    samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    samples_start: int = 0  # global index of samples[0]
+    samples_total: int = 0  # samples received so far
+    frames_done: int = 0
+
+
+class FeatureExtractor:
+    """Turns each stream's new samples into new mel frames, many streams in one batched call."""
+
+    def __init__(self, preprocessor: Any, device: torch.device) -> None:
+        featurizer = preprocessor.featurizer
+        if getattr(featurizer, "normalize", None) not in (None, "NA", ""):
+            raise ValueError(
+                f"model normalizes features per utterance ({featurizer.normalize!r}); cache-aware "
+                "streaming needs a model trained without it (normalize: NA)"
+            )
+        if getattr(featurizer, "exact_pad", False):
+            raise ValueError("models with exact_pad STFT are not supported for streaming")
+        self.featurizer = featurizer
+        self.device = device
+        self.hop = int(featurizer.hop_length)
+        self.half_window = int(featurizer.n_fft) // 2
+        # Frames of audio fed before the first kept frame: enough that its window starts at
+        # sample >= 1 of the fed audio (sample 0 lacks its pre-emphasis predecessor).
+        self.margin = math.ceil((self.half_window + 1) / self.hop)
+        self.n_mels = int(featurizer.nfilt)
+
+    def ready_frames(self, state: FeatureState, final: bool) -> int:
+        """Total frames computable now: whole windows only, or all offline frames at the end."""
+        if final:
+            return state.samples_total // self.hop
+        if state.samples_total < self.half_window:
+            return 0
+        return min((state.samples_total - self.half_window) // self.hop + 1, state.samples_total // self.hop)
+
+    def extract(self, states: list[FeatureState], finals: list[bool]) -> list[torch.Tensor]:
+        """New frames ``[n_mels, T_i]`` (float32, on the device) for each stream; may be empty."""
+        windows: list[np.ndarray] = []
+        spans: list[tuple[int, int]] = []  # (first kept frame within window, count)
+        for state, final in zip(states, finals):
+            k0, k1 = state.frames_done, self.ready_frames(state, final)
+            if k1 <= k0:
+                windows.append(np.zeros(0, np.float32))
+                spans.append((0, 0))
+                continue
+            start = max(0, (k0 - self.margin) * self.hop)
+            end = state.samples_total if final else (k1 - 1) * self.hop + self.half_window
+            windows.append(state.samples[start - state.samples_start : end - state.samples_start])
+            spans.append((k0 - start // self.hop, k1 - k0))
+            state.frames_done = k1
+            keep_from = max(0, (k1 - self.margin) * self.hop)
+            state.samples = state.samples[keep_from - state.samples_start :]
+            state.samples_start = keep_from
+        lengths = [len(w) for w in windows]
+        empty = torch.zeros(self.n_mels, 0, device=self.device)
+        if max(lengths, default=0) == 0:
+            return [empty for _ in states]
+        batch = np.zeros((len(windows), max(lengths)), np.float32)
+        for i, window in enumerate(windows):
+            batch[i, : len(window)] = window
+        with torch.inference_mode():
+            feats, _ = self.featurizer(
+                torch.from_numpy(batch).to(self.device), torch.tensor(lengths, device=self.device)
+            )
+        return [
+            feats[i, :, first : first + count].float() if count else empty
+            for i, (first, count) in enumerate(spans)
+        ]
+
+
+def append_samples(state: FeatureState, samples: np.ndarray) -> None:
+    """Queue ``samples`` (float32 mono at the model's rate) for feature extraction."""
+    state.samples = np.concatenate([state.samples, samples.astype(np.float32, copy=False)])
+    state.samples_total += len(samples)

@@ -1,0 +1,90 @@
+"""Per-stream state: audio/feature buffers, decoder hypothesis, and utterance bookkeeping."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from streamd.engine.decoding import Word
+from streamd.engine.endpointing import EndpointingOptions
+from streamd.engine.features import FeatureState
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """What a client chooses per stream."""
+
+    att_context_size: tuple[int, int] = (70, 13)
+    word_timestamps: bool = True
+    endpointing: EndpointingOptions = field(default_factory=EndpointingOptions)
+
+
+@dataclass
+class Utterance:
+    """A finished piece of transcript (one ``final`` message)."""
+
+    index: int
+    text: str
+    tokens: list[int]
+    words: list[Word]
+    start: float
+    end: float
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["words"] = [w.to_dict() for w in self.words]
+        return data
+
+
+@dataclass
+class StreamUpdate:
+    """What one engine step changed for one stream."""
+
+    stream_id: int
+    partial: str | None = None  # whole current-utterance text, when it changed
+    partial_tokens: list[int] = field(default_factory=list)
+    finals: list[Utterance] = field(default_factory=list)
+    finished: bool = False
+    audio_seconds: float = 0.0
+
+
+@dataclass
+class Stream:
+    """Everything the engine knows about one live stream."""
+
+    stream_id: int
+    options: StreamOptions
+    n_mels: int
+    features: FeatureState = field(default_factory=FeatureState)
+    pending: torch.Tensor | None = None  # mel frames not yet fed to the encoder [n_mels, T]
+    history: torch.Tensor | None = None  # last frames already fed (pre-encode cache) [n_mels, <=9]
+    mel_frames_fed: int = 0
+    encoder_frames: int = 0  # encoder frames decoded so far
+    steps: int = 0
+    hypothesis: Any = None
+    tokens: list[int] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)
+    utterance_first_token: int = 0
+    utterance_index: int = 0
+    utterance_start: float = 0.0
+    last_partial: str = ""
+    eof: bool = False
+    features_final: bool = False
+    finalize_requested: bool = False
+    finished: bool = False
+    has_slot: bool = False
+    waiting_since: float = 0.0
+
+    @property
+    def right_context(self) -> int:
+        return self.options.att_context_size[1]
+
+    def pending_frames(self) -> int:
+        return 0 if self.pending is None else int(self.pending.shape[1])
+
+    def append_frames(self, frames: torch.Tensor) -> None:
+        if frames.shape[1]:
+            self.pending = frames if self.pending is None else torch.cat([self.pending, frames], dim=1)

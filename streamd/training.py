@@ -1,0 +1,94 @@
+"""Train the tiny architecture on the tone alphabet: a model that really recognizes something.
+
+Plain PyTorch on the NeMo modules (no Lightning trainer): the loop is small enough to read in
+one screen and trains to 100% sequence accuracy on fresh sequences in about a minute on 2 CPU
+cores. The encoder picks one of its four att_context_sizes at random on every training forward
+(NeMo's multi-lookahead training), so one model serves all four chunk sizes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamd import tones
+from streamd.log import get_logger
+from streamd.models import ATT_CONTEXT_SIZES, build_model
+
+log = get_logger(__name__)
+
+
+def _batch(model: Any, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, ...]:
+    sequences = [tones.random_sequence(rng) for _ in range(size)]
+    audio_len = torch.tensor([len(s.audio) for s in sequences])
+    audio = torch.zeros(size, int(audio_len.max()))
+    for i, seq in enumerate(sequences):
+        audio[i, : len(seq.audio)] = torch.from_numpy(seq.audio)
+    targets = [model.tokenizer.text_to_ids(s.text) for s in sequences]
+    target_len = torch.tensor([len(t) for t in targets])
+    target = torch.zeros(size, int(target_len.max()), dtype=torch.long)
+    for i, ids in enumerate(targets):
+        target[i, : len(ids)] = torch.tensor(ids)
+    return audio, audio_len, target, target_len
+
+
+def rnnt_loss(model: Any, audio: torch.Tensor, audio_len: torch.Tensor, target: torch.Tensor,
+              target_len: torch.Tensor) -> torch.Tensor:
+    """The transducer loss of a batch, as NeMo's training step computes it (unfused joint)."""
+    encoded, encoded_len = model.forward(input_signal=audio, input_signal_length=audio_len)
+    decoded, target_len, _ = model.decoder(targets=target, target_length=target_len)
+    joint = model.joint(encoder_outputs=encoded, decoder_outputs=decoded)
+    loss = model.loss(log_probs=joint, targets=target, input_lengths=encoded_len, target_lengths=target_len)
+    return loss.mean()
+
+
+def sequence_accuracy(model: Any, rng: np.random.Generator, count: int) -> float:
+    """Share of fresh random tone sequences whose offline transcript is exactly right,
+    averaged over the four att_context_sizes."""
+    from streamd.engine.offline import transcribe_offline
+
+    model.eval()
+    sequences = [tones.random_sequence(rng) for _ in range(count)]
+    correct = 0
+    for size in ATT_CONTEXT_SIZES:
+        results = transcribe_offline(model, [s.audio for s in sequences], att_context_size=size)
+        correct += sum(r.text == s.text for r, s in zip(results, sequences))
+    return correct / (count * len(ATT_CONTEXT_SIZES))
+
+
+def train_tone_model(seed: int = 0, steps: int = 300, batch_size: int = 16, lr: float = 3e-3,
+                     target_accuracy: float = 1.0, eval_every: int = 50, eval_count: int = 32) -> Any:
+    """Build the tiny architecture with a tone-alphabet tokenizer and train it.
+
+    Stops early once held-out sequence accuracy reaches ``target_accuracy``; returns the model
+    in eval mode. Same seed, same model (single-threaded determinism aside).
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_model("tiny", corpus=tones.transcript_corpus(), seed=seed)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15)
+    eval_rng = np.random.default_rng(seed + 1_000_003)
+    started = time.monotonic()
+    accuracy = 0.0
+    for step in range(1, steps + 1):
+        loss = rnnt_loss(model, *_batch(model, rng, batch_size))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % eval_every == 0 or step == steps:
+            accuracy = sequence_accuracy(model, eval_rng, eval_count)
+            log.info("tone training", step=step, loss=round(float(loss), 4), accuracy=accuracy,
+                     seconds=round(time.monotonic() - started, 1))
+            if accuracy >= target_accuracy:
+                break
+            model.train()
+    model.eval()
+    model.streamd_training = {"steps": step, "accuracy": accuracy, "seed": seed}
+    return model
