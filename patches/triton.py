@@ -21,11 +21,12 @@ import importlib.machinery
 import importlib.metadata
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
 BACKENDS_MODULE = "triton.backends"
+DRIVER_MODULE = "triton.runtime.driver"
 DISCOVERY_FUNCTION = "_discover_backends"
 
 skipped_backends: dict[str, str] = {}
@@ -82,32 +83,51 @@ def _discover_backends_skipping_failures(module: ModuleType) -> dict[str, Any]:
     return backends
 
 
-class _SkippingBackendsLoader(importlib.abc.Loader):
-    def __init__(self, original: importlib.machinery.SourceFileLoader) -> None:
-        self.original = original
+def _exec_backends_skipping_failures(original: importlib.machinery.SourceFileLoader, module: ModuleType) -> None:
+    filename = original.get_filename(BACKENDS_MODULE)
+    source = original.get_source(BACKENDS_MODULE) or ""
+    exec(_without_discovery_call(source, filename), module.__dict__)
+    module.backends = _discover_backends_skipping_failures(module)
+
+
+def _exec_driver_tolerating_none(original: importlib.machinery.SourceFileLoader, module: ModuleType) -> None:
+    original.exec_module(module)
+    _patch_driver_creation(module)
+
+
+_HOOKS: dict[str, Callable[[importlib.machinery.SourceFileLoader, ModuleType], None]] = {
+    BACKENDS_MODULE: _exec_backends_skipping_failures,
+    DRIVER_MODULE: _exec_driver_tolerating_none,
+}
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """Runs a triton module through its hook instead of plain execution."""
+
+    def __init__(self, original: importlib.machinery.SourceFileLoader,
+                 hook: Callable[[importlib.machinery.SourceFileLoader, ModuleType], None]) -> None:
+        self.original, self.hook = original, hook
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return None
 
     def exec_module(self, module: ModuleType) -> None:
-        filename = self.original.get_filename(BACKENDS_MODULE)
-        source = self.original.get_source(BACKENDS_MODULE) or ""
-        exec(_without_discovery_call(source, filename), module.__dict__)
-        module.backends = _discover_backends_skipping_failures(module)
+        self.hook(self.original, module)
 
 
-class _SkippingBackendsFinder(importlib.abc.MetaPathFinder):
-    """Serves ``triton.backends`` through :class:`_SkippingBackendsLoader`."""
+class _PatchingFinder(importlib.abc.MetaPathFinder):
+    """Serves the triton modules named in ``_HOOKS`` through :class:`_PatchingLoader`."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != BACKENDS_MODULE:
+        hook = _HOOKS.get(fullname)
+        if hook is None:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
             return None
-        spec.loader = _SkippingBackendsLoader(spec.loader)
+        spec.loader = _PatchingLoader(spec.loader, hook)
         return spec
 
 
@@ -120,10 +140,7 @@ def _patch_driver_creation(driver_module: ModuleType) -> None:
     original = driver_module._create_driver
 
     def create_driver_or_none() -> Any:
-        backends = getattr(driver_module, "backends", {})
-        if not any(b.driver is not None and b.driver.is_active() for b in backends.values()):
-            return None
-        return original()
+        return original() if _has_active_driver(driver_module) else None
 
     driver_module._create_driver = create_driver_or_none
     config = getattr(driver_module, "driver", None)
@@ -133,8 +150,13 @@ def _patch_driver_creation(driver_module: ModuleType) -> None:
             setattr(config, attr, None)
 
 
+def _has_active_driver(driver_module: ModuleType) -> bool:
+    backends = getattr(driver_module, "backends", {})
+    return any(b.driver is not None and b.driver.is_active() for b in backends.values())
+
+
 def apply() -> list[str]:
-    """Import ``triton``, fixing it as needed. Returns the names of the fixes applied.
+    """Import ``triton``, fixing it as needed. Returns the names of the fixes that mattered.
 
     Call only when ``triton`` is installed. Raises if triton still cannot be imported.
     """
@@ -143,13 +165,13 @@ def apply() -> list[str]:
         importlib.import_module("triton")
     except Exception:
         _forget_triton()
-        sys.meta_path.insert(0, _SkippingBackendsFinder())
+        sys.meta_path.insert(0, _PatchingFinder())
         importlib.import_module("triton")
-        applied.append("triton.backends: skip backends that fail to load")
-    driver_module = importlib.import_module("triton.runtime.driver")
-    try:
-        _ = driver_module.driver.active
-    except RuntimeError:
-        _patch_driver_creation(driver_module)
+        if skipped_backends:
+            applied.append("triton.backends: skip backends that fail to load")
+    driver_module = importlib.import_module(DRIVER_MODULE)
+    if not _has_active_driver(driver_module):
+        if driver_module._create_driver.__name__ != "create_driver_or_none":
+            _patch_driver_creation(driver_module)
         applied.append("triton.runtime.driver: no active driver means none, not an exception")
     return applied

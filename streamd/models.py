@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from streamd.log import get_logger
 from streamd.nemo_import import import_nemo_asr
@@ -61,7 +61,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     ),
     # Same structure, small sizes: builds in seconds, trains on the CPU in about a minute.
     "tiny": Architecture(
-        n_layers=2, d_model=64, n_heads=4, subsampling_conv_channels=64,
+        n_layers=2, d_model=64, n_heads=4, subsampling_conv_channels=32,
         pred_hidden=64, pred_rnn_layers=1, joint_hidden=64, vocab_size=32,
     ),
 }
@@ -200,8 +200,21 @@ def build_model(arch_name: str, corpus: list[str] | None = None, seed: int = 0) 
     build_tokenizer(corpus or shipped_corpus(), arch.vocab_size, tok_dir)
     torch.manual_seed(seed)
     model = nemo_asr.models.EncDecRNNTBPEModel(cfg=model_config(arch, tok_dir))
+    mark_origin(model, arch=arch_name, seed=seed, trained=None)
     model.eval()
     return model
+
+
+def mark_origin(model: Any, **origin: Any) -> None:
+    """Record how streamd made the model in its config (saved inside the .nemo)."""
+    with open_dict(model.cfg):
+        model.cfg.streamd = {**(model.cfg.get("streamd") or {}), **origin}
+
+
+def is_untrained(model: Any) -> bool:
+    """True for a model streamd built without training (its transcripts are meaningless)."""
+    origin = model.cfg.get("streamd") or {}
+    return "arch" in origin and not origin.get("trained")
 
 
 def parameter_count(model: torch.nn.Module) -> int:
@@ -247,3 +260,21 @@ def _load_pretrained(nemo_asr: Any, name: str, map_location: Any, timeout_s: flo
         raise ModelLoadError(
             f"cannot load pretrained model {name!r} after {time.monotonic() - started:.1f}s: {exc}"
         ) from exc
+
+
+def prepare_model(name_or_path: str, device: str = "auto", dtype: str = "float32") -> Any:
+    """Load a model onto a device in a dtype, ready for inference.
+
+    The feature extractor stays in float32 (log-mel of low-precision audio loses the quiet
+    bins); only the encoder, decoder and joint run in ``dtype``.
+    """
+    from streamd.devices import check_dtype_supported, parse_dtype, resolve_device
+
+    torch_device = resolve_device(device)
+    torch_dtype = parse_dtype(dtype)
+    check_dtype_supported(torch_device, torch_dtype)
+    model = load_model(name_or_path, map_location=torch_device)
+    model.to(device=torch_device, dtype=torch_dtype)
+    model.preprocessor.float()
+    model.eval()
+    return model

@@ -231,7 +231,7 @@ class StreamingEngine:
         for stream in list(self.streams.values()):
             update = updates.get(stream.stream_id) or StreamUpdate(stream.stream_id)
             ends_now = stream.features_final and stream.pending_frames() == 0 and not stream.finished
-            if ends_now and stream in ending_without_audio or ends_now and stream.stream_id in updates:
+            if (ends_now and stream in ending_without_audio) or (ends_now and stream.stream_id in updates):
                 self._end_utterance(stream, "eof", update)
                 update.finished = stream.finished = True
                 if stream.has_slot:

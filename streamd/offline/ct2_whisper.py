@@ -88,6 +88,8 @@ def _read_variable(stream: BinaryIO, binary_version: int) -> tuple[str, np.ndarr
         num_bytes = _read(stream, "<I")
     else:
         item_size = _read(stream, "<B")
+        if item_size not in _ITEM_SIZE_TYPES:
+            raise Ct2FormatError(f"variable {name!r} has unknown item size {item_size}")
         type_name = _ITEM_SIZE_TYPES[item_size]
         num_bytes = _read(stream, "<I") * item_size
     data = stream.read(num_bytes)
@@ -95,7 +97,7 @@ def _read_variable(stream: BinaryIO, binary_version: int) -> tuple[str, np.ndarr
         raise Ct2FormatError(f"model.bin is truncated inside variable {name!r}")
     array = np.frombuffer(data, dtype=_NUMPY_TYPES[type_name]).reshape(shape)
     if type_name == "bfloat16":  # numpy has no bfloat16: widen the raw bits through torch
-        array = torch.from_numpy(array.astype(np.int16)).view(torch.bfloat16).float().numpy()
+        array = torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16).float().numpy()
     return name, array
 
 
@@ -107,8 +109,9 @@ def _dequantize(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             continue
         scale = raw.get(f"{name}_scale")
         if scale is not None:
-            scale = scale.astype(np.float32)
-            value = value.astype(np.float32) / (scale.reshape(-1, *[1] * (value.ndim - 1)) if scale.ndim else scale)
+            # int8 scales are per output row, int16 ones a single number
+            scale = scale.astype(np.float32).reshape(-1, *[1] * (value.ndim - 1)) if scale.ndim else scale
+            value = value.astype(np.float32) / scale
         out[name] = value if value.ndim == 0 else value.astype(np.float32)
     return out
 
@@ -135,10 +138,6 @@ def _count_layers(variables: dict[str, np.ndarray], prefix: str) -> int:
     return len({match.group(1) for name in variables if (match := pattern.match(name))})
 
 
-def _split_rows(array: np.ndarray, parts: int) -> list[np.ndarray]:
-    return np.split(array, parts, axis=0)
-
-
 def _linear(state: dict[str, np.ndarray], hf: str, ct2: dict[str, np.ndarray], ct2_name: str) -> None:
     state[f"{hf}.weight"] = ct2[f"{ct2_name}/weight"]
     if f"{ct2_name}/bias" in ct2:
@@ -154,8 +153,8 @@ def _fused_projections(
     state: dict[str, np.ndarray], hf: str, ct2: dict[str, np.ndarray], ct2_name: str, names: tuple[str, ...]
 ) -> None:
     """Split a fused CT2 linear into HF projections; Whisper's ``k_proj`` has no bias."""
-    weights = _split_rows(ct2[f"{ct2_name}/weight"], len(names))
-    biases = _split_rows(ct2[f"{ct2_name}/bias"], len(names))
+    weights = np.split(ct2[f"{ct2_name}/weight"], len(names))
+    biases = np.split(ct2[f"{ct2_name}/bias"], len(names))
     for proj, weight, bias in zip(names, weights, biases, strict=True):
         state[f"{hf}.{proj}.weight"] = weight
         if proj == "k_proj":
@@ -174,7 +173,8 @@ def _layer_state(ct2: dict[str, np.ndarray], side: str, index: int) -> dict[str,
     _layer_norm(state, f"{dst}.self_attn_layer_norm", ct2, f"{src}/self_attention/layer_norm")
     if side == "decoder":
         _linear(state, f"{dst}.encoder_attn.q_proj", ct2, f"{src}/attention/linear_0")
-        _fused_projections(state, f"{dst}.encoder_attn", ct2, f"{src}/attention/linear_1", ("k_proj", "v_proj"))
+        _fused_projections(state, f"{dst}.encoder_attn", ct2, f"{src}/attention/linear_1",
+                           ("k_proj", "v_proj"))
         _linear(state, f"{dst}.encoder_attn.out_proj", ct2, f"{src}/attention/linear_2")
         _layer_norm(state, f"{dst}.encoder_attn_layer_norm", ct2, f"{src}/attention/layer_norm")
     _linear(state, f"{dst}.fc1", ct2, f"{src}/ffn/linear_0")
@@ -324,7 +324,8 @@ def convert_ct2_whisper(src_dir: str | Path, out_dir: str | Path) -> Path:
             raise FileNotFoundError(f"{src / required} is missing: not a CTranslate2 Whisper directory")
     model_bin = read_model_bin(src / "model.bin")
     if model_bin.spec != WHISPER_SPEC:
-        raise Ct2FormatError(f"{src / 'model.bin'} holds a {model_bin.spec or 'pre-v2'} model, not {WHISPER_SPEC}")
+        raise Ct2FormatError(f"{src / 'model.bin'} holds a {model_bin.spec or 'pre-v2'} model, "
+                             f"not {WHISPER_SPEC}")
     ct2_config = json.loads((src / "config.json").read_text())
     tokenizer_json = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
     special = SpecialTokens.from_tokenizer_json(tokenizer_json)
@@ -338,6 +339,7 @@ def convert_ct2_whisper(src_dir: str | Path, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     _write_processor(src, out, config)
-    log.info("converted CTranslate2 Whisper", src=str(src), out=str(out), binary_version=model_bin.binary_version,
-             layers=(config.encoder_layers, config.decoder_layers), vocab=config.vocab_size)
+    log.info("converted CTranslate2 Whisper", src=str(src), out=str(out),
+             binary_version=model_bin.binary_version, vocab=config.vocab_size,
+             layers=(config.encoder_layers, config.decoder_layers))
     return out

@@ -41,7 +41,7 @@ class Check:
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
-            raise ValueError(f"check {self.name!r}: unknown operator {self.op!r}; use one of {', '.join(OPS)}")
+            raise ValueError(f"check {self.name!r}: unknown operator {self.op!r} (use {', '.join(OPS)})")
 
     @property
     def passed(self) -> bool:
@@ -120,6 +120,8 @@ class ParityReport:
 
 def timed_mean(fn: Callable[[], object], device: torch.device, warmup: int, runs: int) -> float:
     """Mean wall seconds of ``fn`` over ``runs`` calls after ``warmup`` untimed ones (device-synced)."""
+    if runs < 1:
+        raise ValueError("timing needs at least one run")
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -129,7 +131,7 @@ def timed_mean(fn: Callable[[], object], device: torch.device, warmup: int, runs
         fn()
         synchronize(device)
         total += time.perf_counter() - start
-    return total / max(runs, 1)
+    return total / runs
 
 
 def run_checks(

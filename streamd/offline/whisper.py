@@ -101,16 +101,16 @@ def transcribe_files(model_dir: str, files: list[str], device: str = "cpu", dtyp
     ``compute_seconds`` is the batch's wall time split evenly over its files (Whisper pays for a
     full 30 s window per file whatever its length). Raises ``ValueError`` naming a bad file.
     """
-    audio = _load_all(files)
+    items = list(zip(files, _load_all(files), strict=True))
     runner = WhisperRunner(model_dir, device, dtype)
     results: list[dict] = []
-    for start in range(0, len(files), batch_size):
-        chunk = audio[start:start + batch_size]
-        long_form = any(seconds > WINDOW_SECONDS for _, seconds in chunk)
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        long_form = any(seconds > WINDOW_SECONDS for _, (_, seconds) in batch)
         began = time.perf_counter()
-        decoded = runner.generate(runner.features([samples for samples, _ in chunk], long_form))
-        per_file = (time.perf_counter() - began) / len(chunk)
-        for path, (_, seconds), tokens in zip(files[start:], chunk, decoded.tokens, strict=False):
+        decoded = runner.generate(runner.features([samples for _, (samples, _) in batch], long_form))
+        per_file = (time.perf_counter() - began) / len(batch)
+        for (path, (_, seconds)), tokens in zip(batch, decoded.tokens, strict=True):
             results.append({"file": path, "text": runner.text(tokens), "tokens": tokens,
                             "audio_seconds": round(seconds, 3), "compute_seconds": round(per_file, 4),
                             "engine": "whisper"})
@@ -164,7 +164,8 @@ def compare(ref: SideResult, test: SideResult) -> Comparison:
     for path, r in ref.outputs.items():
         t: WhisperSideOutput = test.outputs[path]
         checks += [
-            Check("encoder_cosine", metrics.cosine_similarity(r.encoder, t.encoder), ">", ENCODER_COSINE_MIN, path),
+            Check("encoder_cosine", metrics.cosine_similarity(r.encoder, t.encoder), ">", ENCODER_COSINE_MIN,
+                  path),
             Check("first_step_logits_rel_err", metrics.relative_error(r.first_logits, t.first_logits), "<",
                   LOGITS_REL_ERR_MAX, path),
             Check("generated_token_mismatches", token_mismatches(r.tokens, t.tokens), "==", 0, path),
@@ -172,7 +173,8 @@ def compare(ref: SideResult, test: SideResult) -> Comparison:
         info[path] = {
             "encoder_max_abs_diff": metrics.max_abs_diff(r.encoder, t.encoder),
             "encoder_mean_abs_diff": metrics.mean_abs_diff(r.encoder, t.encoder),
-            "encoder_masked_rel_err_mean": metrics.masked_relative_error(r.encoder, t.encoder, MASKED_REL_MIN_ABS),
+            "encoder_masked_rel_err_mean": metrics.masked_relative_error(r.encoder, t.encoder,
+                                                                         MASKED_REL_MIN_ABS),
             "encoder_rel_err": metrics.relative_error(r.encoder, t.encoder),
             "ref_tokens": len(r.tokens),
             "test_tokens": len(t.tokens),

@@ -1,0 +1,226 @@
+"""What every streamd client shares: PCM audio to send, one protocol session, latency figures.
+
+:func:`run_session` speaks docs/protocol.md (through :mod:`streamd.protocol`, so client and
+server build messages with the same code): it sends the config, then audio frames from any
+async source while collecting every server message with its receive time. Sources pace
+themselves: a file replayed in real time sleeps until each frame's audio "exists", a
+microphone produces frames as they are captured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import numpy as np
+import soundfile as sf
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from streamd import protocol
+
+# soundfile subtypes sent losslessly as 16-bit PCM; everything else is sent as float32.
+PCM16_SUBTYPES = {"PCM_16", "PCM_S8", "PCM_U8", "ULAW", "ALAW"}
+
+
+class ClientError(Exception):
+    """A session that could not complete: connection refused, HTTP 503, or a server ``error``."""
+
+
+def fail(message: object, exit_code: int = 1) -> int:
+    """Report a failure on stderr, without a traceback; return the exit code."""
+    print(f"error: {message}", file=sys.stderr)
+    return exit_code
+
+
+@dataclass(frozen=True)
+class Pcm:
+    """Interleaved little-endian audio in one of the protocol's encodings."""
+
+    data: bytes
+    sample_rate: int
+    channels: int
+    encoding: str  # "pcm_s16le" | "f32le"
+
+    @classmethod
+    def from_array(cls, samples: np.ndarray, sample_rate: int, encoding: str = "pcm_s16le") -> Pcm:
+        """``[n]`` or ``[n, channels]`` float samples in ±1 (or int16 for ``pcm_s16le``)."""
+        frames = samples.reshape(len(samples), -1)
+        if encoding == "pcm_s16le" and frames.dtype != np.int16:
+            frames = np.clip(np.round(frames * 32767.0), -32768, 32767).astype(np.int16)
+        dtype = "<i2" if encoding == "pcm_s16le" else "<f4"
+        return cls(frames.astype(dtype).tobytes(), sample_rate, frames.shape[1], encoding)
+
+    @classmethod
+    def read(cls, path: str) -> Pcm:
+        """Any file soundfile reads, at its own rate and channels (the server resamples)."""
+        info = sf.info(path)
+        encoding = "pcm_s16le" if info.subtype in PCM16_SUBTYPES else "f32le"
+        samples, rate = sf.read(path, dtype="int16" if encoding == "pcm_s16le" else "float32", always_2d=True)
+        return cls.from_array(samples, int(rate), encoding)
+
+    @property
+    def frame_bytes(self) -> int:
+        return (2 if self.encoding == "pcm_s16le" else 4) * self.channels
+
+    @property
+    def seconds(self) -> float:
+        return len(self.data) / self.frame_bytes / self.sample_rate
+
+    def config(self) -> dict[str, Any]:
+        """The ``config`` fields that describe this audio."""
+        return {"sample_rate": self.sample_rate, "encoding": self.encoding, "channels": self.channels}
+
+    def chunks(self, frame_ms: float) -> list[bytes]:
+        """Consecutive pieces of ``frame_ms`` of audio (the last may be shorter)."""
+        step = max(1, round(self.sample_rate * frame_ms / 1000)) * self.frame_bytes
+        return [self.data[i : i + step] for i in range(0, len(self.data), step)]
+
+    async def replay(self, frame_ms: float, realtime: bool) -> AsyncIterator[tuple[bytes, float]]:
+        """``(frame, seconds)`` pairs; in real time each frame waits until its audio has "happened"."""
+        started = time.monotonic()
+        sent = 0.0
+        for chunk in self.chunks(frame_ms):
+            seconds = len(chunk) / self.frame_bytes / self.sample_rate
+            sent += seconds
+            await asyncio.sleep(max(0.0, started + sent - time.monotonic()) if realtime else 0)
+            yield chunk, seconds
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50/p90/p99 (linear interpolation; ``None`` without values)."""
+    if not values:
+        return {"p50": None, "p90": None, "p99": None}
+    p50, p90, p99 = np.percentile(np.asarray(values, float), [50, 90, 99])
+    return {"p50": round(float(p50), 4), "p90": round(float(p90), 4), "p99": round(float(p99), 4)}
+
+
+@dataclass
+class SessionResult:
+    """Everything one session produced; times are seconds since the connection opened."""
+
+    ready: dict[str, Any] = field(default_factory=dict)
+    partials: list[dict[str, Any]] = field(default_factory=list)
+    finals: list[dict[str, Any]] = field(default_factory=list)
+    done: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    close_code: int | None = None
+    sends: list[tuple[float, float]] = field(default_factory=list)  # (time, audio seconds sent so far)
+    eof_sent_s: float | None = None
+
+    @property
+    def text(self) -> str:
+        return " ".join(f["text"] for f in self.finals if f["text"])
+
+    @property
+    def tokens(self) -> list[int]:
+        return [t for f in self.finals for t in f["tokens"]]
+
+    def sent_at(self, audio_seconds: float) -> float:
+        """When the frame that brought the stream to ``audio_seconds`` was sent."""
+        for sent_s, total in self.sends:
+            if total >= audio_seconds - 1e-3:  # the server rounds to milliseconds
+                return sent_s
+        return self.sends[-1][0]
+
+    def latency(self) -> dict[str, Any]:
+        """First-partial, per-update and final latencies (see docs/server.md for definitions)."""
+        first_audio = self.sends[0][0] if self.sends else None
+        updates = [p["received_s"] - self.sent_at(p["audio_seconds"]) for p in self.partials
+                   if self.sends and (self.eof_sent_s is None or p["received_s"] < self.eof_sent_s)]
+        return {
+            "first_partial_s": (round(self.partials[0]["received_s"] - first_audio, 4)
+                                if self.partials and first_audio is not None else None),
+            "final_s": (round(self.finals[-1]["received_s"] - self.eof_sent_s, 4)
+                        if self.finals and self.eof_sent_s is not None else None),
+            "updates": len(updates),
+            "update_s": percentiles(updates),
+            "update_samples_s": [round(u, 4) for u in updates],
+        }
+
+
+async def run_session(url: str, config: dict[str, Any], frames: AsyncIterator[tuple[bytes, float]],
+                      on_message: Callable[[dict[str, Any]], None] | None = None) -> SessionResult:
+    """One whole session: config, audio from ``frames`` then ``eof``, messages until the close.
+
+    Raises :class:`ClientError` when the server refuses the connection or sends an ``error``.
+    """
+    result = SessionResult()
+    try:
+        async with connect(url, max_size=None, open_timeout=30) as ws:
+            opened = time.monotonic()
+            await ws.send(protocol.config(**config))
+            sender = asyncio.create_task(_send_audio(ws, frames, result, opened))
+            try:
+                async for text in ws:
+                    message = protocol.parse_server_message(text)
+                    message["received_s"] = round(time.monotonic() - opened, 4)
+                    _collect(result, message)
+                    if on_message is not None:
+                        on_message(message)
+            except ConnectionClosed:
+                pass  # an abnormal close code: reported below
+            finally:
+                sender.cancel()
+            result.close_code = ws.close_code
+    except InvalidStatus as exc:
+        raise ClientError(f"server refused the connection: HTTP {exc.response.status_code} "
+                          f"{exc.response.body.decode(errors='replace').strip()}") from None
+    except OSError as exc:
+        raise ClientError(f"cannot connect to {url}: {exc}") from None
+    if result.error is not None:
+        raise ClientError(f"server error {result.error['code']}: {result.error['message']} "
+                          f"(close code {result.close_code})")
+    if result.done is None:
+        raise ClientError(f"connection closed before the session was done (close code {result.close_code})")
+    return result
+
+
+def _collect(result: SessionResult, message: dict[str, Any]) -> None:
+    kind = message["type"]
+    if kind == "ready":
+        result.ready = message
+    elif kind == "partial":
+        result.partials.append(message)
+    elif kind == "final":
+        result.finals.append(message)
+    elif kind == "done":
+        result.done = message
+    else:
+        result.error = message
+
+
+async def _send_audio(ws: Any, frames: AsyncIterator[tuple[bytes, float]], result: SessionResult,
+                      opened: float) -> None:
+    total = 0.0
+    try:
+        async for frame, seconds in frames:
+            await ws.send(frame)
+            total += seconds
+            result.sends.append((time.monotonic() - opened, total))
+        await ws.send(protocol.eof())
+        result.eof_sent_s = time.monotonic() - opened
+    except ConnectionClosed:
+        pass  # the receive loop reports why
+
+
+class LiveView:
+    """Prints the transcript as it grows: partials rewrite the current line on a TTY."""
+
+    def __init__(self, out: TextIO = sys.stdout) -> None:
+        self.out = out
+        self.tty = out.isatty()
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "partial" and self.tty:
+            width = shutil.get_terminal_size().columns - 1
+            self.out.write("\r\x1b[K" + message["text"][-width:])
+            self.out.flush()
+        elif message["type"] == "final":
+            self.out.write(("\r\x1b[K" if self.tty else "") + message["text"] + "\n")
+            self.out.flush()

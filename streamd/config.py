@@ -1,0 +1,99 @@
+"""Typed configuration from ``key=value`` overrides: dataclass schemas composed by Hydra.
+
+A command declares its settings as a dataclass (defaults and checks in one place) and calls
+:func:`load_config` with the command line's ``key=value`` words. Hydra's compose API parses
+them with the grammar NeMo users know, OmegaConf checks each value against the field's type,
+and the dataclass's ``__post_init__`` checks ranges. Every failure becomes a
+:class:`ConfigError` whose message names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from hydra import compose, initialize
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot be used; the message says which key and why."""
+
+
+@dataclass
+class ServeConfig:
+    """Settings of ``streamd serve``; docs/server.md documents every key."""
+
+    model: str = MISSING  # .nemo file or pretrained model name
+    host: str = "127.0.0.1"
+    port: int = 8765  # 0 = any free port (logged at start)
+    device: str = "auto"  # auto|cpu|cuda[:N]|npu[:N]
+    dtype: str = "float32"  # float32|float16|bfloat16
+    max_sessions: int = 64  # concurrent WebSocket sessions; more get HTTP 503
+    max_batch: int = 32  # streams per model step
+    default_chunk_ms: int = 1120  # chunk of a session whose config names none
+    max_message_bytes: int = 1_048_576  # larger frames end the session (message_too_big)
+    idle_timeout_s: float = 30.0  # no client message this long ends the session
+    max_session_s: float = 3600.0  # audio seconds one session may stream
+    shutdown_timeout_s: float = 30.0  # on SIGTERM, how long active streams get to finish
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be between 0 and 65535")
+        for name in ("max_sessions", "max_batch", "default_chunk_ms"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_message_bytes < 1024:
+            raise ValueError("max_message_bytes must be at least 1024")
+        for name in ("idle_timeout_s", "max_session_s", "shutdown_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+
+def config_keys(schema: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(schema)]
+
+
+def _check_keys(schema: type, overrides: Sequence[str]) -> None:
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        detail = ": ".join(str(exc).splitlines()[:2])
+        raise ConfigError(f"cannot parse overrides (use key=value): {detail}") from None
+    keys = config_keys(schema)
+    for override in parsed:
+        if override.key_or_group not in keys:
+            raise ConfigError(f"unknown key {override.key_or_group!r}; valid keys: {', '.join(keys)}")
+
+
+def load_config(schema: type[T], overrides: Sequence[str]) -> T:
+    """Defaults of the dataclass ``schema`` with ``key=value`` overrides applied and checked."""
+    _check_keys(schema, overrides)
+    name = f"streamd-{schema.__module__}.{schema.__qualname__}"
+    ConfigStore.instance().store(name=name, node=schema)
+    try:
+        with initialize(version_base=None):
+            composed = compose(config_name=name, overrides=list(overrides))
+        return OmegaConf.to_object(composed)  # type: ignore[return-value]
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_describe(exc)) from None
+    except ValueError as exc:  # the schema's __post_init__
+        raise ConfigError(str(exc)) from None
+
+
+def _describe(exc: Exception) -> str:
+    """One line naming the key, from OmegaConf's error (Hydra wraps it as the cause)."""
+    cause = exc.__cause__ if isinstance(exc, HydraException) and exc.__cause__ else exc
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, MissingMandatoryValue):
+        return f"{key} is required (give {key}=...)"
+    message = str(cause).splitlines()[0]
+    return f"{key}: {message}" if key else message

@@ -1,0 +1,179 @@
+"""The bridge between asyncio sessions and the single-threaded :class:`StreamingEngine`.
+
+One worker thread (a ``ThreadPoolExecutor(1)``) owns the engine: it is built there and every
+engine call runs there, so the engine needs no locks and the event loop never waits for the
+model. Sessions do not wait for the worker either: ``push``/``end``/``finalize``/``close`` go
+into an inbox (in order) that the worker applies before each step, so however long a step
+takes, all audio that arrived meanwhile joins the next one. A pump task on the event loop keeps
+the worker stepping while there is work and puts each :class:`StreamUpdate` on the queue of
+the session that owns the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from streamd.engine.engine import StreamingEngine
+from streamd.engine.stream import StreamOptions, StreamUpdate
+from streamd.log import get_logger
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+WARMUP_SECONDS = 2.0  # longer than the first chunk of the largest chunk size
+
+
+class EngineFailure(RuntimeError):
+    """The engine raised for this stream (a bug); the stream is gone."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One stream's update from one step, with the step's duration (for per-session stats)."""
+
+    update: StreamUpdate
+    step_seconds: float
+
+
+@dataclass
+class _Cycle:
+    """What one worker cycle (inbox, then at most one step) produced."""
+
+    updates: list[StreamUpdate]
+    step_seconds: float
+    failed: dict[int, str]  # stream id -> why its command or the step failed
+
+
+Sink = asyncio.Queue[Delivery | EngineFailure]
+
+
+class EngineRunner:
+    """Runs a :class:`StreamingEngine` on its own thread; all methods are for the event loop."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="streamd-engine")
+        self._engine: StreamingEngine | None = None
+        self._inbox: deque[tuple[Callable[..., None], int, tuple[Any, ...]]] = deque()
+        self._sinks: dict[int, Sink] = {}
+        self._wake = asyncio.Event()
+        self._pump_task: asyncio.Task[None] | None = None
+
+    @property
+    def engine(self) -> StreamingEngine:
+        """For its immutable facts (sample rate, chunk sizes); never call its methods from here."""
+        if self._engine is None:
+            raise RuntimeError("engine not started")
+        return self._engine
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def start(self, build: Callable[[], StreamingEngine]) -> StreamingEngine:
+        """Build the engine on the worker thread, warm it up, and start stepping."""
+        self._engine = await self._call(build)
+        await self._call(self._warm_up)
+        self._pump_task = asyncio.create_task(self._pump(), name="engine-pump")
+        return self._engine
+
+    def _warm_up(self) -> None:
+        """One short stream per chunk size, so the first client does not pay for lazy inits."""
+        engine = self.engine
+        noise = np.random.default_rng(0).normal(0.0, 1e-3, int(WARMUP_SECONDS * engine.sample_rate))
+        for size in engine.att_context_sizes:
+            stream_id = engine.open_stream(StreamOptions(att_context_size=size))
+            engine.push_audio(stream_id, noise.astype(np.float32))
+            engine.end_stream(stream_id)
+            finished = False
+            while not finished:
+                finished = any(u.finished and u.stream_id == stream_id for u in engine.step())
+        log.info("engine warmed up", att_context_sizes=[list(s) for s in engine.att_context_sizes])
+
+    async def stop(self) -> None:
+        """Stop stepping and let the worker thread finish what it is doing."""
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+
+    # ------------------------------------------------------------------ commands
+    async def open(self, options: StreamOptions, sink: Sink) -> int:
+        """Open a stream whose updates go to ``sink``; raises the engine's errors."""
+        stream_id = await self._call(self.engine.open_stream, options)
+        self._sinks[stream_id] = sink
+        return stream_id
+
+    def _submit(self, method: Callable[..., None], stream_id: int, *args: Any) -> None:
+        self._inbox.append((method, stream_id, args))
+        self._wake.set()
+
+    def push(self, stream_id: int, samples: np.ndarray) -> None:
+        """Queue float32 mono audio at the engine's rate (already validated by the session)."""
+        self._submit(self.engine.push_audio, stream_id, samples)
+
+    def end(self, stream_id: int) -> None:
+        """No more audio: the last update (``finished``) arrives on the sink after its final."""
+        self._submit(self.engine.end_stream, stream_id)
+
+    def finalize(self, stream_id: int) -> None:
+        self._submit(self.engine.finalize, stream_id)
+
+    def close(self, stream_id: int) -> None:
+        """Abandon a stream (no final); harmless for a stream that already finished."""
+        self._sinks.pop(stream_id, None)
+        self._submit(self.engine.close_stream, stream_id)
+
+    # ------------------------------------------------------------------ the worker's cycle
+    def _cycle(self) -> _Cycle | None:
+        """On the worker: apply queued commands, then step if there is work; ``None`` when idle."""
+        engine = self.engine
+        failed: dict[int, str] = {}
+        applied = bool(self._inbox)
+        while self._inbox:
+            method, stream_id, args = self._inbox.popleft()
+            if stream_id in failed:
+                continue
+            try:
+                method(stream_id, *args)
+            except Exception as exc:  # a bug: the session validated everything it sent
+                log.exception("engine command failed", command=method.__name__, stream_id=stream_id)
+                failed[stream_id] = f"{method.__name__}: {type(exc).__name__}: {exc}"
+                engine.close_stream(stream_id)
+        if not engine.has_work():
+            return _Cycle([], 0.0, failed) if applied else None
+        try:
+            updates = engine.step()
+        except Exception as exc:  # a bug: no way to tell which stream caused it, so drop them all
+            log.exception("engine step failed; dropping every stream")
+            for stream_id in list(engine.streams):
+                failed[stream_id] = f"step: {type(exc).__name__}: {exc}"
+                engine.close_stream(stream_id)
+            return _Cycle([], 0.0, failed)
+        return _Cycle(updates, engine.last_stats.total_s, failed)
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while (cycle := await self._call(self._cycle)) is not None:
+                self._deliver(cycle)
+
+    def _deliver(self, cycle: _Cycle) -> None:
+        for update in cycle.updates:
+            sink = self._sinks.get(update.stream_id)
+            if sink is not None:
+                sink.put_nowait(Delivery(update, cycle.step_seconds))
+            if update.finished:
+                self._sinks.pop(update.stream_id, None)
+        for stream_id, reason in cycle.failed.items():
+            sink = self._sinks.pop(stream_id, None)
+            if sink is not None:
+                sink.put_nowait(EngineFailure(reason))

@@ -1,0 +1,161 @@
+"""The ``streamd serve`` process: WebSocket sessions and HTTP probes on one port.
+
+The socket opens first, so ``/healthz`` answers while the model loads on the engine thread;
+``/readyz`` turns 200 once the engine is warm. Every WebSocket upgrade is admitted or refused
+in ``process_request`` — before the handshake — so a full or not-yet-ready server answers
+HTTP 503 with ``Retry-After`` instead of accepting and then closing. SIGTERM/SIGINT drain:
+stop accepting, end every session's stream with a ``shutdown`` final, and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import Server as WebSocketServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from streamd import protocol
+from streamd.config import ServeConfig
+from streamd.engine.engine import StreamingEngine
+from streamd.engine.runner import EngineRunner
+from streamd.log import get_logger
+from streamd.protocol import ModelInfo
+from streamd.session import Session
+
+log = get_logger(__name__)
+
+# WebSocket frames up to this multiple of max_message_bytes reach the session, which answers
+# with a message_too_big error; larger ones are cut off by websockets itself (close 1009).
+FRAME_LIMIT_FACTOR = 4
+
+
+class Server:
+    """Admission, probes, sessions and shutdown around one :class:`EngineRunner`."""
+
+    def __init__(self, settings: ServeConfig) -> None:
+        self.settings = settings
+        self.runner = EngineRunner()
+        self.state = "loading"  # -> ready -> draining
+        self.model: ModelInfo | None = None
+        self._admitted: set[ServerConnection] = set()
+        self._sessions: dict[Session, asyncio.Task[None]] = {}
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Serve until ``stop`` is set; return the exit code."""
+        s = self.settings
+        async with serve(self._handle, s.host, s.port, process_request=self._process_request,
+                         max_size=FRAME_LIMIT_FACTOR * s.max_message_bytes) as ws_server:
+            port = next(iter(ws_server.sockets)).getsockname()[1]
+            log.info("listening", host=s.host, port=port)
+            stopping = asyncio.ensure_future(stop.wait())
+            loading = asyncio.ensure_future(self._load())
+            await asyncio.wait({stopping, loading}, return_when=asyncio.FIRST_COMPLETED)
+            if loading.done() and loading.exception() is not None:
+                stopping.cancel()
+                exc = loading.exception()
+                log.error("startup failed", error=f"{type(exc).__name__}: {exc}")
+                return 1
+            if loading.done():
+                self.state = "ready"
+                log.info("ready", port=port, model=self.model.name if self.model else None,
+                         max_sessions=s.max_sessions)
+            await stopping
+            self.state = "draining"
+            await self._drain(ws_server)
+        await self.runner.stop()
+        log.info("stopped")
+        return 0
+
+    async def _load(self) -> None:
+        s = self.settings
+
+        def build() -> StreamingEngine:
+            from streamd.models import UNTRAINED_WARNING, is_untrained, prepare_model
+
+            model = prepare_model(s.model, s.device, s.dtype)
+            if is_untrained(model):
+                log.warning(UNTRAINED_WARNING)
+            return StreamingEngine(model, max_batch=s.max_batch, max_streams=s.max_sessions)
+
+        engine = await self.runner.start(build)
+        self.model = ModelInfo.describe(Path(s.model).stem, engine.sample_rate, engine.att_context_sizes,
+                                        engine.frame_s, s.default_chunk_ms)
+
+    async def _drain(self, ws_server: WebSocketServer) -> None:
+        """Stop accepting, let every session end its stream, cancel what outlives the timeout."""
+        sessions = len(self._sessions)
+        log.info("shutting down", sessions=sessions)
+        ws_server.close(close_connections=False)
+        for session in self._sessions:
+            session.shutdown()
+        try:
+            await asyncio.wait_for(ws_server.wait_closed(), self.settings.shutdown_timeout_s)
+        except TimeoutError:
+            log.warning("sessions outlived shutdown_timeout_s; cancelling", sessions=len(self._sessions))
+            for task in self._sessions.values():
+                task.cancel()
+            await ws_server.wait_closed()
+
+    # ------------------------------------------------------------------ connections
+    async def _handle(self, connection: ServerConnection) -> None:
+        assert self.model is not None  # admission requires a loaded model
+        session = Session(connection, self.runner, self.model, self.settings)
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions[session] = task
+        if self.state == "draining":  # upgraded just as the drain began
+            session.shutdown()
+        try:
+            await session.run()
+        finally:
+            del self._sessions[session]
+
+    def _open_connections(self) -> int:
+        """Admitted connections not yet closed (sessions, and upgrades still in handshake)."""
+        self._admitted = {c for c in self._admitted if c.state is not State.CLOSED}
+        return len(self._admitted)
+
+    def _readiness(self) -> str:
+        if self.state == "ready" and self._open_connections() >= self.settings.max_sessions:
+            return "full"
+        return self.state
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/healthz":
+            return _json(connection, HTTPStatus.OK, protocol.health())
+        status = self._readiness()
+        body = protocol.readiness(status, self._open_connections(), self.settings.max_sessions)
+        unavailable = HTTPStatus.SERVICE_UNAVAILABLE
+        if path == "/readyz":
+            return _json(connection, HTTPStatus.OK if status == "ready" else unavailable, body)
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return None  # not an upgrade: websockets answers 426
+        if status != "ready":
+            response = _json(connection, unavailable, body)
+            response.headers["Retry-After"] = "1"
+            return response
+        self._admitted.add(connection)
+        return None
+
+
+def _json(connection: ServerConnection, status: HTTPStatus, body: str) -> Response:
+    response = connection.respond(status, body)
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
+async def run_server(settings: ServeConfig) -> int:
+    """Run until SIGTERM or SIGINT; return the process exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return await Server(settings).run(stop)

@@ -1,0 +1,81 @@
+"""Shared fixtures: models are built locally (never downloaded) and cached between sessions.
+
+The tone model is trained by the real CLI (``streamd model create --arch tiny --train tones``)
+once and cached under ``$STREAMD_TEST_CACHE`` (default ``~/.cache/streamd-tests``), keyed by the
+hash of the code that defines it, so a change to training or synthesis retrains it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("STREAMD_TEST_CACHE", Path.home() / ".cache" / "streamd-tests"))
+TONE_SEED = 0
+
+
+def _code_hash(*relative: str) -> str:
+    digest = hashlib.sha1()
+    for rel in relative:
+        digest.update((ROOT / rel).read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def streamd_cli(*args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m streamd ARGS`` and return the completed process (text mode)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamd", "--log-format", "json", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"streamd {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _cached_model(name: str, create_args: list[str], code: tuple[str, ...]) -> Path:
+    path = CACHE / f"{name}-{_code_hash(*code)}.nemo"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial.nemo")
+        streamd_cli("model", "create", *create_args, "--out", str(partial))
+        partial.rename(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tone_model_path() -> Path:
+    """A tiny model trained on the tone alphabet: it really recognizes tone sequences."""
+    return _cached_model(
+        f"tones-seed{TONE_SEED}",
+        ["--arch", "tiny", "--train", "tones", "--seed", str(TONE_SEED)],
+        ("streamd/training.py", "streamd/tones.py", "streamd/models.py"),
+    )
+
+
+@pytest.fixture(scope="session")
+def untrained_tiny_path() -> Path:
+    """An UNTRAINED tiny model: for shapes and mechanics only, never for correctness."""
+    return _cached_model("untrained-tiny-seed0", ["--arch", "tiny", "--seed", "0"], ("streamd/models.py",))
+
+
+@pytest.fixture(scope="session")
+def tone_model(tone_model_path: Path):
+    from streamd.models import load_model
+
+    return load_model(str(tone_model_path))
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> np.random.Generator:
+    """A generator seeded from the test's name: fresh sequences per test, reproducible runs."""
+    return np.random.default_rng(int(hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8], 16))

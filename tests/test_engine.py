@@ -1,0 +1,160 @@
+"""Streaming engine on the trained tone model: streaming == offline == the letters played."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from streamd import tones
+from streamd.engine.engine import StreamingEngine
+from streamd.engine.offline import encode_offline, transcribe_offline
+from streamd.engine.stream import StreamOptions
+from streamd.models import ATT_CONTEXT_SIZES
+from streamd.transcribe import transcribe_streaming
+
+CHUNK_SAMPLES = {size: (size[1] + 1) * 1280 for size in ATT_CONTEXT_SIZES}  # (R+1) x 80 ms at 16 kHz
+
+
+def fresh_sequences(rng: np.random.Generator, size: tuple[int, int], count: int) -> list[tones.ToneSequence]:
+    """Random 1-6 letter sequences; lengths never a whole number of chunks; one shorter than a chunk."""
+    sequences = [tones.synthesize(tones.random_letters(rng, 1, 1), rng, tone_s=(0.15, 0.2), gap_s=(0.05, 0.1))]
+    while len(sequences) < count:
+        seq = tones.random_sequence(rng)
+        if len(seq.audio) % CHUNK_SAMPLES[size]:
+            sequences.append(seq)
+    return sequences
+
+
+@pytest.mark.parametrize("size", ATT_CONTEXT_SIZES, ids=lambda s: f"att{s[0]}-{s[1]}")
+def test_streaming_equals_offline_and_the_played_letters(tone_model, rng, size):
+    sequences = fresh_sequences(rng, size, 10)
+    if size == (70, 13):
+        assert len(sequences[0].audio) < CHUNK_SAMPLES[size]
+    offline = transcribe_offline(tone_model, [s.audio for s in sequences], size)
+    engine = StreamingEngine(tone_model, max_batch=16, max_streams=16)
+    streaming = transcribe_streaming(engine, [s.audio for s in sequences], StreamOptions(att_context_size=size))
+    for seq, off, stream in zip(sequences, offline, streaming):
+        assert stream.tokens == off.tokens, f"{seq.letters}: streaming {stream.text!r} offline {off.text!r}"
+        assert stream.text == seq.text
+    assert not engine.streams, "finished streams must leave the engine"
+
+
+def test_staggered_batched_streams_equal_each_stream_alone(tone_model, rng):
+    """8 streams joining at different steps, mixed chunk sizes, uneven feeding: same tokens as alone."""
+    sequences = [tones.random_sequence(rng, 3, 6) for _ in range(8)]
+    sizes = [ATT_CONTEXT_SIZES[i % 4] for i in range(8)]
+    alone = []
+    for seq, size in zip(sequences, sizes):
+        engine = StreamingEngine(tone_model, max_streams=1)
+        alone.append(transcribe_streaming(engine, [seq.audio], StreamOptions(att_context_size=size))[0])
+
+    engine = StreamingEngine(tone_model, max_batch=8, max_streams=8)
+    ids: dict[int, int] = {}
+    cursor = [0] * 8
+    finals: dict[int, list[int]] = {}
+    step = 0
+    while len(finals) < 8:
+        for k in range(8):
+            if k not in ids and step >= 2 * k:  # stream k joins at step 2k
+                ids[k] = engine.open_stream(StreamOptions(att_context_size=sizes[k]))
+            if k in ids and cursor[k] <= len(sequences[k].audio) and k not in finals:
+                piece = int(rng.integers(400, 6000))
+                engine.push_audio(ids[k], sequences[k].audio[cursor[k] : cursor[k] + piece])
+                cursor[k] += piece
+                if cursor[k] >= len(sequences[k].audio) and ids[k] in engine.streams and not engine.streams[ids[k]].eof:
+                    engine.end_stream(ids[k])
+        for update in engine.step():
+            if update.finished:
+                k = next(k for k, i in ids.items() if i == update.stream_id)
+                finals[k] = update.finals[-1].tokens
+        step += 1
+        assert step < 2000
+    for k in range(8):
+        assert finals[k] == alone[k].tokens, f"stream {k} ({sizes[k]}) differs when batched"
+        assert alone[k].text == sequences[k].text
+
+
+def test_streaming_encoder_frames_match_offline_and_report(tone_model, rng, tmp_path):
+    """Report how close streaming encoder frames are to offline ones (the docs quote it)."""
+    sequences = [tones.random_sequence(rng, 4, 6) for _ in range(4)]
+    report = {}
+    for size in ATT_CONTEXT_SIZES:
+        engine = StreamingEngine(tone_model, max_streams=4, record_encoder_output=True)
+        transcribe_streaming(engine, [s.audio for s in sequences], StreamOptions(att_context_size=size))
+        _, _, encoded, encoded_len = encode_offline(tone_model, [s.audio for s in sequences], size)
+        worst, first_chunk = 0.0, 0.0
+        for k, stream_id in enumerate(sorted(engine.encoder_outputs)):
+            chunks = engine.encoder_outputs[stream_id]
+            streamed = torch.cat(chunks, dim=1)
+            reference = encoded[k, :, : int(encoded_len[k])].float()
+            assert streamed.shape == reference.shape
+            worst = max(worst, (streamed - reference).abs().max().item())
+            n = chunks[0].shape[1]
+            first_chunk = max(first_chunk, (streamed[:, :n] - reference[:, :n]).abs().max().item())
+        report[f"{size[0]},{size[1]}"] = {"max_abs_diff": worst, "first_chunk_max_abs_diff": first_chunk}
+        # Exact up to float rounding (a different batch shape changes summation order only).
+        assert worst < 1e-4, report
+    (tmp_path / "encoder_closeness.json").write_text(json.dumps(report, indent=1))
+    print("streaming vs offline encoder frames:", json.dumps(report))
+
+
+def test_nan_audio_is_refused_and_other_streams_are_unaffected(tone_model, rng):
+    seq = tones.random_sequence(rng, 2, 4)
+    engine = StreamingEngine(tone_model, max_streams=2)
+    good = engine.open_stream(StreamOptions())
+    bad = engine.open_stream(StreamOptions())
+    engine.push_audio(good, seq.audio)
+    poisoned = seq.audio.copy()
+    poisoned[100] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        engine.push_audio(bad, poisoned)
+    engine.close_stream(bad)
+    engine.end_stream(good)
+    finals = []
+    while good in engine.streams:
+        finals += [u for u in engine.step() if u.stream_id == good and u.finished]
+    assert finals[0].finals[-1].text == seq.text
+
+
+def test_empty_and_tiny_audio_give_an_empty_final(tone_model):
+    engine = StreamingEngine(tone_model, max_streams=2)
+    empty = engine.open_stream(StreamOptions(att_context_size=(70, 0)))
+    tiny = engine.open_stream(StreamOptions(att_context_size=(70, 0)))
+    engine.push_audio(tiny, np.zeros(100, np.float32))  # less than one feature frame
+    engine.end_stream(empty)
+    engine.end_stream(tiny)
+    updates = {u.stream_id: u for u in engine.step()}
+    for stream_id in (empty, tiny):
+        assert updates[stream_id].finished
+        assert updates[stream_id].finals[-1].text == ""
+        assert updates[stream_id].finals[-1].reason == "eof"
+
+
+def test_unsupported_att_context_size_is_a_clear_error(tone_model):
+    engine = StreamingEngine(tone_model, max_streams=1)
+    with pytest.raises(ValueError, match="not supported"):
+        engine.open_stream(StreamOptions(att_context_size=(70, 3)))
+
+
+def test_endpointing_splits_utterances_at_silence(tone_model, rng):
+    first = tones.synthesize("abc", rng, gap_s=(0.05, 0.1))
+    second = tones.synthesize("hg", rng, gap_s=(0.05, 0.1))
+    audio = np.concatenate([first.audio, np.zeros(16000 * 2, np.float32), second.audio])
+    from streamd.engine.endpointing import EndpointingOptions
+
+    options = StreamOptions(att_context_size=(70, 1), endpointing=EndpointingOptions(True, 800))
+    engine = StreamingEngine(tone_model, max_streams=1)
+    stream_id = engine.open_stream(options)
+    engine.push_audio(stream_id, audio)
+    engine.end_stream(stream_id)
+    finals = []
+    while stream_id in engine.streams:
+        for update in engine.step():
+            finals += update.finals
+    texts = [f.text for f in finals if f.text]
+    assert texts == [first.text, second.text]
+    assert finals[0].reason == "endpoint"
+    assert finals[0].end <= finals[1].start + 1e-6

@@ -1,0 +1,470 @@
+"""End to end: a real ``streamd serve`` subprocess, real WebSocket clients, the tone model.
+
+Every expected transcript is the letter sequence the test synthesized; protocol behaviour is
+checked against docs/protocol.md (error codes, close codes, reasons, HTTP answers). One server
+with tight limits serves the module; the SIGTERM test starts its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from clients.common import Pcm, SessionResult, run_session
+from conftest import ROOT
+from streamd import protocol, tones
+
+CHUNKS_MS = (80, 160, 560, 1120)
+LIMITS = {"max_sessions": 24, "idle_timeout_s": 3, "max_session_s": 8, "max_message_bytes": 65536}
+
+
+# ---------------------------------------------------------------------- the server process
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def get(self, path: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), json.loads(response.read())
+        finally:
+            connection.close()
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text()[-4000:]
+
+    def wait_idle(self, timeout: float = 30) -> None:
+        """Until no session is open (closed connections free their slot once the TCP close ends)."""
+        deadline = time.monotonic() + timeout
+        while (body := self.get("/readyz")[2])["sessions"]:
+            assert time.monotonic() < deadline, f"sessions still open: {body}"
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model: Path, log_path: Path, **settings: Any) -> ServerProcess:
+    """``python -m streamd serve`` on a free port; returns once ``/readyz`` answers 200."""
+    port = _free_port()
+    overrides = [f"{key}={value}" for key, value in settings.items()]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamd", "--log-format", "json", "serve", f"model={model}",
+             "host=127.0.0.1", f"port={port}", *overrides],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+    server = ServerProcess(process, port, log_path)
+    deadline = time.monotonic() + 300
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}:\n{server.log_tail()}")
+        try:
+            if server.get("/readyz")[0] == 200:
+                return server
+        except OSError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            server.stop()
+            raise AssertionError(f"server not ready after 300 s:\n{server.log_tail()}")
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def server(tone_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    started = start_server(tone_model_path, tmp_path_factory.mktemp("server") / "server.log", **LIMITS)
+    yield started
+    assert started.stop() == 0, started.log_tail()
+
+
+# ---------------------------------------------------------------------- audio and clients
+def tone_pcm(sequence: tones.ToneSequence, rate: int = 16000, encoding: str = "pcm_s16le",
+             channels: int = 1) -> Pcm:
+    """The tone audio as a client at ``rate`` would capture it (soxr-resampled, channels copied)."""
+    audio = sequence.audio if rate == tones.SAMPLE_RATE else soxr.resample(sequence.audio, tones.SAMPLE_RATE, rate)
+    return Pcm.from_array(np.repeat(audio[:, None], channels, axis=1), rate, encoding)
+
+
+def letters_sequence(rng: np.random.Generator, count: int) -> list[tones.ToneSequence]:
+    """``count`` sequences of 2–5 letters, all different."""
+    seen: dict[str, tones.ToneSequence] = {}
+    while len(seen) < count:
+        letters = tones.random_letters(rng, 2, 5)
+        seen.setdefault(letters, tones.synthesize(letters, rng))
+    return list(seen.values())
+
+
+async def paced(pcm: Pcm, frame_ms: float, speed: float) -> AsyncIterator[tuple[bytes, float]]:
+    """Frames at ``speed`` times real time (keeps a stream open while other clients act)."""
+    for chunk in pcm.chunks(frame_ms):
+        seconds = len(chunk) / pcm.frame_bytes / pcm.sample_rate
+        await asyncio.sleep(seconds / speed)
+        yield chunk, seconds
+
+
+async def stream(url: str, pcm: Pcm, chunk_ms: int, speed: float | None = None) -> SessionResult:
+    frames = pcm.replay(80, realtime=False) if speed is None else paced(pcm, 80, speed)
+    return await run_session(url, pcm.config() | {"chunk_ms": chunk_ms}, frames)
+
+
+async def converse(url: str, *outgoing: str | bytes, read_s: float = 60) -> tuple[list[dict[str, Any]], int | None]:
+    """Send raw frames, then read until the server closes: (messages, close code received)."""
+    messages: list[dict[str, Any]] = []
+    async with connect(url, max_size=None) as ws:
+        try:
+            for frame in outgoing:
+                await ws.send(frame)
+        except ConnectionClosed:
+            pass  # the server closed early; what it said is still readable
+
+        async def read() -> None:
+            async for text in ws:
+                messages.append(json.loads(text))
+
+        try:
+            await asyncio.wait_for(read(), read_s)
+        except ConnectionClosed:
+            pass
+    return messages, ws.close_code
+
+
+def assert_complete(result: SessionResult, sequence: tones.ToneSequence) -> None:
+    assert result.text == sequence.text, f"expected {sequence.text!r}, got {result.text!r}"
+    assert [f["reason"] for f in result.finals][-1] == "eof"
+    assert result.done is not None and result.done["utterances"] == len(result.finals)
+    assert result.close_code == 1000
+
+
+# ---------------------------------------------------------------------- HTTP
+def test_probes_answer_json(server: ServerProcess):
+    assert server.get("/healthz")[0::2] == (200, {"status": "ok"})
+    status, headers, body = server.get("/readyz")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert body["status"] == "ready" and body["max_sessions"] == LIMITS["max_sessions"]
+
+
+def test_upgrade_beyond_max_sessions_gets_503_with_retry_after(server: ServerProcess):
+    server.wait_idle()
+
+    async def scenario() -> InvalidStatus:
+        held = [await connect(server.url) for _ in range(LIMITS["max_sessions"])]
+        try:
+            status, _, body = server.get("/readyz")
+            assert (status, body["status"], body["sessions"]) == (503, "full", LIMITS["max_sessions"])
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(server.url)
+            return refused.value
+        finally:
+            for ws in held:
+                await ws.close()
+
+    refused = asyncio.run(scenario())
+    assert refused.response.status_code == 503
+    assert refused.response.headers["Retry-After"] == "1"
+    assert json.loads(refused.response.body)["status"] == "full"
+    server.wait_idle()
+    assert server.get("/readyz")[0] == 200
+
+
+# ---------------------------------------------------------------------- transcripts
+@pytest.fixture(scope="module")
+def parity_files(tone_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Two 16 kHz WAVs and, per chunk size, what ``streamd transcribe --mode streaming`` makes of them.
+
+    The four transcribe runs start together (each pays the NeMo import) and run while tests go on.
+    """
+    folder = tmp_path_factory.mktemp("parity")
+    rng = np.random.default_rng(20240611)
+    sequences = {folder / f"tones{i}.wav": seq for i, seq in enumerate(letters_sequence(rng, 2))}
+    for path, sequence in sequences.items():
+        sf.write(path, sequence.audio, tones.SAMPLE_RATE, subtype="PCM_16")
+    runs = {
+        chunk: subprocess.Popen(
+            [sys.executable, "-m", "streamd", "--log-format", "json", "transcribe", *map(str, sequences),
+             "--model", str(tone_model_path), "--mode", "streaming", "--att-context-size", str(chunk), "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        for chunk in CHUNKS_MS
+    }
+    transcripts: dict[int, dict[str, dict[str, Any]]] = {}
+    for chunk, run in runs.items():
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
+        transcripts[chunk] = {line["file"]: line for line in map(json.loads, out.splitlines())}
+    return sequences, transcripts
+
+
+@pytest.mark.parametrize("chunk_ms", CHUNKS_MS)
+def test_replay_client_equals_transcribe_and_the_tones(server: ServerProcess, parity_files, chunk_ms: int):
+    sequences, transcripts = parity_files
+    for path, sequence in sequences.items():
+        replay = subprocess.run(
+            [sys.executable, "-m", "clients.replay", server.url, str(path), "--fast", "--json",
+             "--chunk-ms", str(chunk_ms)],
+            capture_output=True, text=True, timeout=120, cwd=ROOT, check=True,
+        )
+        result = json.loads(replay.stdout)
+        offline = transcripts[chunk_ms][str(path)]
+        assert result["config"]["chunk_ms"] == chunk_ms
+        assert result["text"] == sequence.text
+        assert (result["text"], result["tokens"]) == (offline["text"], offline["tokens"])
+        assert [f["reason"] for f in result["finals"]] == ["eof"]
+
+
+def test_sixteen_concurrent_clients_each_get_their_own_sequence(server: ServerProcess, rng: np.random.Generator):
+    formats = [(rate, encoding, channels) for rate in (8000, 16000, 44100, 48000)
+               for encoding, channels in (("pcm_s16le", 1), ("f32le", 1), ("pcm_s16le", 2), ("f32le", 2))]
+    sequences = letters_sequence(rng, len(formats))
+    chunks = [CHUNKS_MS[i % len(CHUNKS_MS)] for i in range(len(formats))]
+    pcms = [tone_pcm(seq, *fmt) for seq, fmt in zip(sequences, formats, strict=True)]
+
+    async def all_at_once() -> list[SessionResult]:
+        return await asyncio.gather(*(stream(server.url, pcm, chunk)
+                                      for pcm, chunk in zip(pcms, chunks, strict=True)))
+
+    results = asyncio.run(all_at_once())
+    for result, sequence, pcm, chunk in zip(results, sequences, pcms, chunks, strict=True):
+        assert result.ready["config"] | pcm.config() | {"chunk_ms": chunk} == result.ready["config"]
+        assert_complete(result, sequence)
+
+
+def test_finalize_ends_an_utterance_and_the_stream_goes_on(server: ServerProcess, rng: np.random.Generator):
+    first, second = letters_sequence(rng, 2)
+    silence = np.zeros(tones.SAMPLE_RATE, np.float32)  # lets the last letter of `first` be decoded
+
+    async def scenario() -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        async with connect(server.url) as ws:
+            await ws.send(protocol.config(chunk_ms=160))
+            messages.append(json.loads(await ws.recv()))
+            for chunk in Pcm.from_array(np.concatenate([first.audio, silence]), 16000).chunks(80):
+                await ws.send(chunk)
+            while not (messages[-1]["type"] == "partial" and messages[-1]["text"] == first.text):
+                messages.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
+            await ws.send(protocol.finalize())
+            for chunk in Pcm.from_array(second.audio, 16000).chunks(80):
+                await ws.send(chunk)
+            await ws.send(protocol.eof())
+            messages += [json.loads(text) async for text in ws]
+        return messages
+
+    messages = asyncio.run(scenario())
+    finals = [m for m in messages if m["type"] == "final"]
+    assert [(f["utterance"], f["text"], f["reason"]) for f in finals] == [
+        (0, first.text, "finalize"), (1, second.text, "eof")]
+    assert messages[-1]["type"] == "done" and messages[-1]["utterances"] == 2
+    assert all(p["utterance"] == 1 for p in messages[messages.index(finals[0]):] if p["type"] == "partial")
+
+
+def test_final_word_times_lie_within_the_utterance(server: ServerProcess, rng: np.random.Generator):
+    sequence = tones.synthesize(tones.random_letters(rng, 6, 6), rng)
+    result = asyncio.run(stream(server.url, tone_pcm(sequence), 560))
+    assert result.text == sequence.text
+    (final,) = result.finals
+    assert [w["word"] for w in final["words"]] == list(sequence.letters)
+    for word in final["words"]:
+        assert final["start"] <= word["start"] < word["end"] <= final["end"], (word, final["end"])
+
+
+# ---------------------------------------------------------------------- bad clients
+def test_bad_clients_leave_other_sessions_alone(server: ServerProcess, rng: np.random.Generator):
+    good = letters_sequence(rng, 4)
+    victim = tone_pcm(tones.synthesize("hgfedc", rng))
+
+    async def disconnects_mid_stream() -> None:
+        ws = await connect(server.url)
+        await ws.send(protocol.config(chunk_ms=80))
+        for chunk in victim.chunks(80)[: len(victim.chunks(80)) // 2]:
+            await ws.send(chunk)
+        await asyncio.sleep(0.3)
+        ws.transport.abort()  # vanishes without a close frame
+
+    async def never_sends_audio() -> list[dict[str, Any]]:
+        return (await converse(server.url, protocol.config()))[0]
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(
+            *(stream(server.url, tone_pcm(seq), CHUNKS_MS[i], speed=4.0) for i, seq in enumerate(good)),
+            disconnects_mid_stream(),
+            never_sends_audio(),
+            converse(server.url, bytes(rng.integers(0, 256, 999, dtype=np.uint8))),
+            converse(server.url, protocol.config(), bytes(rng.integers(0, 256, 4001, dtype=np.uint8))),
+            converse(server.url, "\x00garbage{"),
+        )
+
+    *results, _, silent, before_config, odd_audio, not_json = asyncio.run(scenario())
+    for result, sequence in zip(results, good, strict=True):
+        assert_complete(result, sequence)
+    assert silent[0]["type"] == "ready" and silent[-1]["code"] == "idle_timeout"
+    assert [m["code"] for m in before_config[0]] == ["audio_before_config"]
+    assert odd_audio[0][-1]["code"] == "bad_audio" and odd_audio[1] == 4003
+    assert not_json == ([{"type": "error", "code": "bad_message", "message": "text frame is not valid JSON"}], 4000)
+    server.wait_idle()
+    assert server.get("/readyz")[0] == 200
+
+
+# ---------------------------------------------------------------------- protocol errors
+CONFIG = protocol.config()
+BIG = LIMITS["max_message_bytes"]
+
+
+@pytest.mark.parametrize("frames, code, close_code", [
+    pytest.param([protocol.config(bogus=1)], "bad_config", 4001, id="unknown-field"),
+    pytest.param([protocol.config(sample_rate="16000")], "bad_config", 4001, id="wrong-type"),
+    pytest.param([protocol.config(sample_rate=4000)], "bad_config", 4001, id="rate-out-of-range"),
+    pytest.param([protocol.config(chunk_ms=100)], "bad_config", 4001, id="unsupported-chunk"),
+    pytest.param([CONFIG, CONFIG], "bad_config", 4001, id="second-config"),
+    pytest.param([b"\x00\x00" * 160], "audio_before_config", 4002, id="audio-before-config"),
+    pytest.param([protocol.eof()], "audio_before_config", 4002, id="eof-before-config"),
+    pytest.param([CONFIG, b"\x00" * 321], "bad_audio", 4003, id="odd-length-pcm16"),
+    pytest.param([protocol.config(encoding="f32le"), np.array([0.1, np.nan], "<f4").tobytes()], "bad_audio", 4003,
+                 id="nan-audio"),
+    pytest.param([protocol.config(encoding="f32le", channels=2), b"\x00" * 12], "bad_audio", 4003,
+                 id="partial-stereo-frame"),
+    pytest.param([CONFIG, '{"type": "pause"}'], "bad_message", 4000, id="unknown-type"),
+    pytest.param([CONFIG, "[1, 2, 3]"], "bad_message", 4000, id="not-an-object"),
+    pytest.param(['{"sample_rate": 16000}'], "bad_message", 4000, id="no-type"),
+    pytest.param([CONFIG, b"\x00" * (BIG + 2)], "message_too_big", 1009, id="frame-over-max_message_bytes"),
+    pytest.param([" " * (BIG + 1)], "message_too_big", 1009, id="text-over-max_message_bytes"),
+    pytest.param([CONFIG], "idle_timeout", 4008, id="idle-timeout"),
+])
+def test_protocol_errors(server: ServerProcess, frames: list[str | bytes], code: str, close_code: int):
+    messages, received_close = asyncio.run(converse(server.url, *frames))
+    errors = [m for m in messages if m["type"] == "error"]
+    assert [e["code"] for e in errors] == [code] and messages[-1] is errors[0]
+    assert errors[0]["message"]
+    assert received_close == close_code
+    assert not [m for m in messages if m["type"] == "final"]  # no audio, so no final
+
+
+def test_frames_far_over_the_limit_are_cut_off_by_the_websocket_layer(server: ServerProcess):
+    messages, close_code = asyncio.run(converse(server.url, CONFIG, b"\x00" * (4 * BIG + 2)))
+    assert [m["type"] for m in messages] == ["ready"]
+    assert close_code == 1009
+
+
+@pytest.mark.parametrize("ending, code, close_code, reason", [
+    pytest.param([b"\x01"], "bad_audio", 4003, "error", id="bad-audio"),
+    pytest.param(['{"type": "nope"}'], "bad_message", 4000, "error", id="bad-message"),
+    pytest.param([], "idle_timeout", 4008, "idle_timeout", id="idle-timeout"),
+])
+def test_an_error_after_audio_sends_the_final_first(server: ServerProcess, rng: np.random.Generator,
+                                                    ending: list[str | bytes], code: str, close_code: int,
+                                                    reason: str):
+    sequence = letters_sequence(rng, 1)[0]
+    pcm = tone_pcm(sequence, 48000, "f32le")
+    messages, received_close = asyncio.run(converse(server.url, protocol.config(**pcm.config(), chunk_ms=160),
+                                                    *pcm.chunks(100), *ending))
+    *_, final, error = messages
+    assert (final["type"], final["text"], final["reason"]) == ("final", sequence.text, reason)
+    assert (error["type"], error["code"], received_close) == ("error", code, close_code)
+
+
+def test_max_session_ends_the_stream_with_a_final(server: ServerProcess, rng: np.random.Generator):
+    sequence = letters_sequence(rng, 1)[0]
+    silence = np.zeros(int(LIMITS["max_session_s"] * tones.SAMPLE_RATE), np.float32)
+    pcm = Pcm.from_array(np.concatenate([sequence.audio, silence]), tones.SAMPLE_RATE)
+    messages, close_code = asyncio.run(converse(server.url, CONFIG, *pcm.chunks(500)))
+    *_, final, error = messages
+    assert (final["text"], final["reason"]) == (sequence.text, "max_session")
+    assert final["end"] == pytest.approx(LIMITS["max_session_s"], abs=0.01)
+    assert (error["code"], close_code) == ("max_session", 4009)
+
+
+# ---------------------------------------------------------------------- shutdown
+def test_sigterm_sends_every_session_its_final_and_done(tone_model_path: Path, tmp_path: Path,
+                                                       rng: np.random.Generator):
+    server = start_server(tone_model_path, tmp_path / "server.log")
+    sequences = letters_sequence(rng, 4)
+
+    async def session(sequence: tones.ToneSequence, chunk_ms: int, audio_sent: asyncio.Event
+                      ) -> tuple[list[dict[str, Any]], int | None]:
+        async with connect(server.url) as ws:
+            await ws.send(protocol.config(chunk_ms=chunk_ms))
+            for chunk in tone_pcm(sequence).chunks(80):
+                await ws.send(chunk)
+            audio_sent.set()
+            messages = [json.loads(text) async for text in ws]  # no eof: the server ends it
+        return messages, ws.close_code
+
+    async def scenario() -> list[tuple[list[dict[str, Any]], int | None]]:
+        sent = [asyncio.Event() for _ in sequences]
+        tasks = [asyncio.create_task(session(seq, chunk, event))
+                 for seq, chunk, event in zip(sequences, CHUNKS_MS, sent, strict=True)]
+        for event in sent:
+            await event.wait()
+        await asyncio.sleep(2.0)  # every frame is read by the server
+        server.process.send_signal(signal.SIGTERM)
+        return await asyncio.gather(*tasks)
+
+    try:
+        outcomes = asyncio.run(scenario())
+        assert server.process.wait(90) == 0, server.log_tail()
+    finally:
+        server.stop()
+    for (messages, close_code), sequence in zip(outcomes, sequences, strict=True):
+        finals = [m for m in messages if m["type"] == "final"]
+        assert [(f["text"], f["reason"]) for f in finals] == [(sequence.text, "shutdown")]
+        assert [m["type"] for m in messages[-2:]] == ["done", "error"]
+        assert messages[-1]["code"] == "shutting_down" and close_code == 1001
+
+
+# ---------------------------------------------------------------------- latency client
+def test_latency_client_writes_sane_reports(server: ServerProcess, tmp_path: Path, rng: np.random.Generator):
+    sequence = tones.synthesize(tones.random_letters(rng, 4, 4), rng)
+    path = tmp_path / "short.wav"  # a second of silence at the end: partials arrive before eof
+    sf.write(path, np.concatenate([sequence.audio, np.zeros(tones.SAMPLE_RATE, np.float32)]), tones.SAMPLE_RATE,
+             subtype="PCM_16")
+    out = tmp_path / "report"
+    subprocess.run([sys.executable, "-m", "clients.latency", server.url, str(path), "--chunk-ms", "160,560",
+                    "--out", str(out)], check=True, timeout=180, cwd=ROOT, capture_output=True)
+    report = json.loads((out / "latency.json").read_text())
+    assert [c["chunk_ms"] for c in report["chunks"]] == [160, 560]
+    for chunk in report["chunks"]:
+        assert chunk["texts"] == [sequence.text]
+        for key in ("first_partial_s", "final_s"):
+            assert chunk[key]["p50"] is not None and chunk[key]["p50"] >= 0
+        update = chunk["update_s"]
+        if chunk["updates"]:
+            assert 0 <= update["p50"] <= update["p90"] <= update["p99"]
+    assert report["chunks"][0]["updates"] >= 1  # 160 ms chunks report letters long before the end
+    table = (out / "latency.md").read_text()
+    assert "| 160 |" in table and "| 560 |" in table
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
