@@ -6,6 +6,7 @@ its alignments are valid paths but meaningless, so they check mechanics, never a
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import math
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from conftest import streamd_cli
 
+from streamd.commands import align as align_command
 from streamd.offline.aligner import CharVocabulary, align_tokens, forced_align
 
 pytest_plugins = ["conftest_whisper"]
@@ -143,6 +145,18 @@ def untrained_aligner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_untrained_aligner_refuses_audio_too_short_to_align(untrained_aligner_dir: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    import soundfile as sf
+
+    short = tmp_path / "click.wav"
+    sf.write(short, np.ones(200, dtype=np.float32) * 0.1, 16000)  # 12.5 ms: less than one frame
+    args = argparse.Namespace(model=str(untrained_aligner_dir), file=str(short), transcript="a",
+                              device="cpu", dtype="float32", json=True)
+    assert align_command.run(args) == 2
+    assert "click.wav: 0.013 s of audio is too short to align" in capsys.readouterr().err
+
+
 def run_aligner_parity(model: Path, speech, test_side: str, out: Path):
     proc = streamd_cli("parity", "aligner", "--model", str(model), "--audio", str(speech.path),
                        "--transcript", speech.text, "--test", test_side, "--warmup", "0", "--runs", "1",
@@ -199,7 +213,7 @@ def test_untrained_aligner_parity_float32_vs_bfloat16_reports_real_numbers(
 
 
 def test_untrained_aligner_align_cli_prints_ordered_segments_within_the_audio(
-    untrained_aligner_dir: Path, speech
+    untrained_aligner_dir: Path, speech, capsys: pytest.CaptureFixture
 ) -> None:
     import soundfile as sf
 
@@ -225,6 +239,9 @@ def test_untrained_aligner_align_cli_prints_ordered_segments_within_the_audio(
         first += len(word["label"])
         assert (word["start"], word["end"]) == (span[0]["start"], span[-1]["end"])
 
-    table = streamd_cli("align", "--model", str(untrained_aligner_dir), str(speech.path),
-                        "--transcript", speech.text).stdout
+    # Without --json: a table, one row per word and token (run in-process: no second start-up).
+    args = argparse.Namespace(model=str(untrained_aligner_dir), file=str(speech.path), transcript=speech.text,
+                              device="cpu", dtype="float32", json=False)
+    assert align_command.run(args) == 0
+    table = capsys.readouterr().out
     assert all(f"word  {w}" in table for w in words)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import struct
 from pathlib import Path
@@ -9,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import streamd_cli
 
+from streamd.commands.convert import run_ct2_whisper
 from streamd.offline.ct2_whisper import Ct2FormatError, read_model_bin
 
 pytest_plugins = ["conftest_whisper"]
@@ -78,10 +79,11 @@ def test_read_model_bin_rejects_truncated_and_future_files(tmp_path: Path) -> No
         read_model_bin(path)
 
 
-def test_convert_refuses_a_directory_without_model_bin(tmp_path: Path) -> None:
-    proc = streamd_cli("convert", "ct2-whisper", str(tmp_path), str(tmp_path / "out"), check=False)
-    assert proc.returncode == 2
-    assert "model.bin is missing" in proc.stderr
+def test_convert_refuses_a_directory_without_model_bin(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = argparse.Namespace(src=str(tmp_path), out=str(tmp_path / "out"))
+    assert run_ct2_whisper(args) == 2
+    assert "model.bin is missing" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_converted_tiny_en_has_whisper_tiny_en_shapes_and_generation_settings(

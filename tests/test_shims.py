@@ -31,7 +31,7 @@ updates = engine.step()
 result = {"applied": apply_shims(), "finished": any(u.finished for u in updates)}
 for name in ("triton", "nv_one_logger"):
     module = sys.modules.get(name)
-    result[name] = getattr(module, "__file__", None) if module else None
+    result[name] = str(getattr(module, "__file__", None) or list(getattr(module, "__path__", []))) if module else None
 if "triton" in sys.modules:
     import triton.runtime.driver as d
     result["triton_active_driver"] = repr(d.driver.active)

@@ -18,15 +18,17 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from streamd.audio import load_audio
 from streamd.devices import check_dtype_supported, parse_dtype, resolve_device
 from streamd.log import get_logger
 from streamd.offline import metrics
-from streamd.offline.audio_io import load_audio
 from streamd.offline.report import Check, Comparison, SideResult, SideSpec, timed_mean
 
 log = get_logger(__name__)
 
 SAMPLE_RATE = 16000
+# wav2vec2's first output frame needs 400 samples (25 ms); shorter input cannot be aligned.
+MIN_SAMPLES = 400
 # Parity thresholds (docs/parity.md).
 LOGITS_REL_ERR_MAX = 0.01
 WITHIN_1PCT_MIN = 0.99
@@ -197,11 +199,19 @@ class AlignerRunner:
         return align_tokens(log_probs, self.vocab, transcript, self.frame_seconds)
 
 
+def load_speech(path: str) -> tuple[np.ndarray, float]:
+    """16 kHz mono samples and duration; ``ValueError`` naming the file if unreadable or too short."""
+    samples, seconds = load_audio(path, SAMPLE_RATE)
+    if len(samples) < MIN_SAMPLES:
+        raise ValueError(f"{path}: {seconds:.3f} s of audio is too short to align")
+    return samples, seconds
+
+
 def align_file(
     model_dir: str, path: str, transcript: str, device: str = "cpu", dtype: str = "float32"
 ) -> dict:
     """Align one file: ``{"file", "transcript", "audio_seconds", "tokens": [...], "words": [...]}``."""
-    samples, seconds = load_audio(path, SAMPLE_RATE)
+    samples, seconds = load_speech(path)
     runner = AlignerRunner(model_dir, device, dtype)
     return {"file": path, "transcript": transcript, "audio_seconds": round(seconds, 3),
             **runner.align(runner.logits(samples), transcript).to_dict()}
@@ -216,7 +226,7 @@ class AlignerSideOutput:
 def parity_side(model_dir: str, files: list[str], transcripts: list[str], warmup: int, runs: int
                 ) -> Callable[[SideSpec], SideResult]:
     """A ``run_side`` for :func:`streamd.offline.report.run_checks`: one forward per file."""
-    audio = [load_audio(path, SAMPLE_RATE) for path in files]
+    audio = [load_speech(path) for path in files]
     total_audio = sum(seconds for _, seconds in audio)
 
     def run(side: SideSpec) -> SideResult:

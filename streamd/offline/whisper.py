@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from streamd.audio import load_audio
 from streamd.devices import check_dtype_supported, parse_dtype, resolve_device
 from streamd.log import get_logger
 from streamd.offline import metrics
-from streamd.offline.audio_io import load_audio
 from streamd.offline.report import Check, Comparison, SideResult, SideSpec, timed_mean
 
 log = get_logger(__name__)
@@ -90,8 +90,13 @@ class WhisperRunner:
 
 
 def _load_all(files: list[str]) -> list[tuple[np.ndarray, float]]:
-    """Decode every file up front so a bad one fails before any model time is spent."""
+    """Decode every file up front so a bad one fails (``ValueError`` naming it) before model time."""
     return [load_audio(path, SAMPLE_RATE) for path in files]
+
+
+def _result(path: str, seconds: float, text: str, tokens: list[int], compute_seconds: float) -> dict:
+    return {"file": path, "text": text, "tokens": tokens, "audio_seconds": round(seconds, 3),
+            "compute_seconds": round(compute_seconds, 4), "engine": "whisper"}
 
 
 def transcribe_files(model_dir: str, files: list[str], device: str = "cpu", dtype: str = "float32",
@@ -99,21 +104,21 @@ def transcribe_files(model_dir: str, files: list[str], device: str = "cpu", dtyp
     """Transcribe ``files`` in batches of ``batch_size``; one result dict per file, in order.
 
     ``compute_seconds`` is the batch's wall time split evenly over its files (Whisper pays for a
-    full 30 s window per file whatever its length). Raises ``ValueError`` naming a bad file.
+    full 30 s window per file whatever its length). Empty audio gets an empty transcript without
+    a forward, as in the streaming engine. Raises ``ValueError`` naming a bad file.
     """
-    items = list(zip(files, _load_all(files), strict=True))
+    audio = _load_all(files)
     runner = WhisperRunner(model_dir, device, dtype)
-    results: list[dict] = []
-    for start in range(0, len(items), batch_size):
-        batch = items[start:start + batch_size]
-        long_form = any(seconds > WINDOW_SECONDS for _, (_, seconds) in batch)
+    results = [_result(path, seconds, "", [], 0.0) for path, (_, seconds) in zip(files, audio, strict=True)]
+    spoken = [i for i, (samples, _) in enumerate(audio) if len(samples)]
+    for start in range(0, len(spoken), batch_size):
+        batch = spoken[start:start + batch_size]
+        long_form = any(audio[i][1] > WINDOW_SECONDS for i in batch)
         began = time.perf_counter()
-        decoded = runner.generate(runner.features([samples for _, (samples, _) in batch], long_form))
+        decoded = runner.generate(runner.features([audio[i][0] for i in batch], long_form))
         per_file = (time.perf_counter() - began) / len(batch)
-        for (path, (_, seconds)), tokens in zip(batch, decoded.tokens, strict=True):
-            results.append({"file": path, "text": runner.text(tokens), "tokens": tokens,
-                            "audio_seconds": round(seconds, 3), "compute_seconds": round(per_file, 4),
-                            "engine": "whisper"})
+        for i, tokens in zip(batch, decoded.tokens, strict=True):
+            results[i] = _result(files[i], audio[i][1], runner.text(tokens), tokens, per_file)
     log.info("whisper transcribed", files=len(files), device=str(runner.device), dtype=dtype)
     return results
 
