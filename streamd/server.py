@@ -49,26 +49,29 @@ class Server:
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until ``stop`` is set; return the exit code."""
         s = self.settings
-        async with serve(self._handle, s.host, s.port, process_request=self._process_request,
-                         max_size=FRAME_LIMIT_FACTOR * s.max_message_bytes) as ws_server:
-            port = next(iter(ws_server.sockets)).getsockname()[1]
-            log.info("listening", host=s.host, port=port)
-            stopping = asyncio.ensure_future(stop.wait())
-            loading = asyncio.ensure_future(self._load())
-            await asyncio.wait({stopping, loading}, return_when=asyncio.FIRST_COMPLETED)
-            if loading.done() and loading.exception() is not None:
-                stopping.cancel()
-                exc = loading.exception()
-                log.error("startup failed", error=f"{type(exc).__name__}: {exc}")
-                return 1
-            if loading.done():
-                self.state = "ready"
-                log.info("ready", port=port, model=self.model.name if self.model else None,
-                         max_sessions=s.max_sessions)
-            await stopping
-            self.state = "draining"
-            await self._drain(ws_server)
-        await self.runner.stop()
+        try:
+            async with serve(self._handle, s.host, s.port, process_request=self._process_request,
+                             max_size=FRAME_LIMIT_FACTOR * s.max_message_bytes) as ws_server:
+                port = next(iter(ws_server.sockets)).getsockname()[1]
+                log.info("listening", host=s.host, port=port)
+                stopping = asyncio.ensure_future(stop.wait())
+                loading = asyncio.ensure_future(self._load())
+                await asyncio.wait({stopping, loading}, return_when=asyncio.FIRST_COMPLETED)
+                if not loading.done():
+                    loading.cancel()  # stopped while loading; the engine thread finishes on its own
+                elif (exc := loading.exception()) is not None:
+                    stopping.cancel()
+                    log.error("startup failed", error=f"{type(exc).__name__}: {exc}")
+                    return 1
+                else:
+                    self.state = "ready"
+                    log.info("ready", port=port, model=self.model.name if self.model else None,
+                             max_sessions=s.max_sessions)
+                await stopping
+                self.state = "draining"
+                await self._drain(ws_server)
+        finally:
+            await self.runner.stop()
         log.info("stopped")
         return 0
 

@@ -72,13 +72,14 @@ class Session:
     async def run(self) -> None:
         started = time.monotonic()
         self.log.info("session open", peer=str(self.connection.remote_address))
-        outcome = "internal_error"
+        outcome = "cancelled"  # by the server when shutdown_timeout_s ran out
         self._stopping = asyncio.ensure_future(self._shutdown.wait())
         try:
             outcome = await self._serve()
         except ConnectionClosed:
             outcome = "client_gone"
         except Exception:
+            outcome = "internal_error"
             self.log.exception("session failed")
             with contextlib.suppress(ConnectionClosed):
                 await self._send_error(ProtocolError(ErrorCode.INTERNAL_ERROR, "internal server error"))

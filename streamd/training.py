@@ -88,8 +88,11 @@ def train_tone_model(seed: int = 0, steps: int = 1500, batch_size: int = 16, lr:
         schedule.step()
         # An early model emits the maximum symbols on every frame, which makes decoding (and so
         # evaluation) slow and pointless: evaluate only once the loss says it has learned.
-        smoothed = float(loss) if step == 1 else 0.9 * smoothed + 0.1 * float(loss)
-        if (step % eval_every == 0 and smoothed < EVAL_BELOW_LOSS) or step == steps:
+        smoothed = loss.item() if step == 1 else 0.9 * smoothed + 0.1 * loss.item()
+        if step % eval_every == 0 and smoothed >= EVAL_BELOW_LOSS and step != steps:
+            log.info("tone training", step=step, loss=round(smoothed, 4),
+                     seconds=round(time.monotonic() - started, 1))
+        elif step % eval_every == 0 or step == steps:
             accuracy = sequence_accuracy(model, eval_rng, eval_count)
             log.info("tone training", step=step, loss=round(smoothed, 4), accuracy=accuracy,
                      seconds=round(time.monotonic() - started, 1))

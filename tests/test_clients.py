@@ -3,8 +3,10 @@ arithmetic, and failures that must end with a clear message instead of a traceba
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import soundfile as sf
 from conftest import ROOT
 
 from clients.common import Pcm, SessionResult, percentiles
+from clients.mic import capture
 from streamd.audio import PcmFormat
 
 
@@ -62,6 +65,47 @@ def test_percentiles_are_ordered():
     assert p["p50"] == pytest.approx(np.median(values), abs=1e-4)
     assert 0 <= p["p50"] <= p["p90"] <= p["p99"] <= max(values)
     assert percentiles([]) == {"p50": None, "p90": None, "p99": None}
+
+
+class FakeSoundDevice:
+    """Calls the input callback from another thread with consecutive int16 blocks, like PortAudio."""
+
+    def __init__(self, blocks: int) -> None:
+        self.blocks = blocks
+
+    def RawInputStream(self, samplerate: int, blocksize: int, callback, **_: object):
+        device = self
+
+        class Stream:
+            def __enter__(self) -> Stream:
+                def produce() -> None:
+                    for i in range(device.blocks):
+                        callback(np.full(blocksize, i, "<i2").tobytes(), blocksize, None, None)
+
+                self.thread = threading.Thread(target=produce)
+                self.thread.start()
+                return self
+
+            def __exit__(self, *_: object) -> None:
+                self.thread.join()
+
+        return Stream()
+
+
+def test_mic_capture_yields_every_block_then_stops():
+    async def capture_until_stopped() -> list[tuple[bytes, float]]:
+        stop = asyncio.Event()
+        frames = []
+        async for frame in capture(FakeSoundDevice(blocks=5), None, 8000, 20.0, stop):
+            frames.append(frame)
+            if len(frames) == 3:
+                stop.set()
+        return frames
+
+    frames = asyncio.run(capture_until_stopped())
+    assert len(frames) == 5  # blocks captured before the stop are still sent
+    for i, (data, seconds) in enumerate(frames):
+        assert data == np.full(160, i, "<i2").tobytes() and seconds == pytest.approx(0.02)
 
 
 def _has_input_device() -> bool:

@@ -50,11 +50,27 @@ def _aligner(args: argparse.Namespace) -> tuple[SideRunner, Comparator]:
     return aligner.parity_side(args.model, args.audio, transcripts, args.warmup, args.runs), aligner.compare
 
 
+def _rnnt_arguments(parser: argparse.ArgumentParser) -> None:
+    from streamd.commands.transcribe import parse_att_context_size
+
+    parser.add_argument("--att-context-size", type=parse_att_context_size, default=(70, 13),
+                        help="LEFT,RIGHT or chunk ms (default 70,13 = 1120 ms)")
+
+
+def _rnnt(args: argparse.Namespace) -> tuple[SideRunner, Comparator]:
+    from streamd.offline import rnnt_parity
+
+    side = rnnt_parity.parity_side(args.model, args.audio, args.att_context_size, args.warmup, args.runs)
+    return side, rnnt_parity.compare
+
+
 # Mode name -> ParityMode. A new mode (e.g. `rnnt`) is one more entry: a `build` returning its
 # run_side(SideSpec) -> SideResult and compare(ref, test) -> Comparison, plus any extra options.
 MODES: dict[str, ParityMode] = {
     "whisper": ParityMode("transformers Whisper: encoder, first-step logits, greedy tokens", _whisper),
     "aligner": ParityMode("Wav2Vec2 CTC forced aligner: logits and alignment", _aligner, _aligner_arguments),
+    "rnnt": ParityMode("NeMo RNNT (.nemo): features, encoder, tokens; offline and streaming", _rnnt,
+                       _rnnt_arguments),
 }
 
 
@@ -77,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
     for name, mode in MODES.items():
         sub = modes.add_parser(name, help=mode.help)
-        sub.add_argument("--model", required=True, help="model directory")
+        sub.add_argument("--model", required=True, help="model directory (rnnt: .nemo file)")
         sub.add_argument("--audio", nargs="+", required=True, metavar="FILE", help="audio files")
         sub.add_argument("--ref", type=_side, default=SideSpec(), metavar="device=D,dtype=T",
                          help="reference side (default device=cpu,dtype=float32)")

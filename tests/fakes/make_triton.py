@@ -137,10 +137,10 @@ driver = DriverConfig()
 
 
 def backend(active: bool, broken: bool) -> tuple[str, str]:
-    compiler = "from ..compiler import BaseBackend\nclass Compiler(BaseBackend):\n    pass\n"
+    compiler = "from triton.backends.compiler import BaseBackend\nclass Compiler(BaseBackend):\n    pass\n"
     driver = (
         ("raise ImportError('libcuda.so.1: cannot open shared object file')\n" if broken else "")
-        + "from ..driver import DriverBase\n"
+        + "from triton.backends.driver import DriverBase\n"
         + f"class Driver(DriverBase):\n    @classmethod\n    def is_active(cls):\n        return {active}\n"
     )
     return compiler, driver
