@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -38,28 +39,28 @@ def test_unknown_device_and_dtype_are_refused():
     assert parse_dtype("bf16") is torch.bfloat16
 
 
-def test_mock_npu_sets_allocator_default_and_resolves(monkeypatch):
-    """With a MOCK torch_npu (no hardware here): allocator setting and device resolution."""
-    fake_npu = types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 1)
+@pytest.fixture
+def mock_torch_npu(monkeypatch):
+    """A MOCK torch_npu: registers the 'npu' device name as the real one does, sees one NPU."""
+    if torch._C._get_privateuse1_backend_name() != "npu":
+        torch.utils.rename_privateuse1_backend("npu")
     monkeypatch.setitem(sys.modules, "torch_npu", types.ModuleType("torch_npu"))
-    monkeypatch.setattr(torch, "npu", fake_npu, raising=False)
+    monkeypatch.setattr(torch, "npu", types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 1),
+                        raising=False)
+
+
+def test_mock_npu_sets_allocator_default_and_resolves(monkeypatch, mock_torch_npu):
+    """With a MOCK torch_npu (no hardware here): allocator setting and device resolution."""
     monkeypatch.delenv("PYTORCH_NPU_ALLOC_CONF", raising=False)
     assert resolve_device("npu") == torch.device("npu", 0)
-    import os
-
     assert os.environ["PYTORCH_NPU_ALLOC_CONF"] == "expandable_segments:True"
     assert resolve_device("auto").type == "npu"
     with pytest.raises(DeviceError, match="only 1 NPU"):
         resolve_device("npu:3")
 
 
-def test_mock_npu_keeps_a_user_allocator_setting(monkeypatch):
+def test_mock_npu_keeps_a_user_allocator_setting(monkeypatch, mock_torch_npu):
     """MOCK torch_npu: a user's PYTORCH_NPU_ALLOC_CONF wins."""
-    monkeypatch.setitem(sys.modules, "torch_npu", types.ModuleType("torch_npu"))
-    monkeypatch.setattr(torch, "npu", types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 1),
-                        raising=False)
     monkeypatch.setenv("PYTORCH_NPU_ALLOC_CONF", "max_split_size_mb:128")
     resolve_device("npu")
-    import os
-
     assert os.environ["PYTORCH_NPU_ALLOC_CONF"] == "max_split_size_mb:128"
