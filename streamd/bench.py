@@ -1,0 +1,113 @@
+"""Engine benchmarks: throughput (RTFx), per-step latency, and the gain from batching.
+
+Each measurement feeds ``streams`` streams of ``seconds`` of audio all at once and steps the
+engine until every stream has its final: the engine then runs at full occupancy, one chunk per
+stream per step, which is its throughput ceiling. The same streams run one after another give
+the sequential baseline; their ratio is the batching gain.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamd import tones
+from streamd.devices import synchronize
+from streamd.engine.engine import StreamingEngine
+from streamd.engine.stream import StreamOptions
+
+
+@dataclass
+class EngineRun:
+    streams: int
+    chunk_ms: int
+    audio_s: float
+    compute_s: float
+    steps: int
+    step_p50_ms: float
+    step_p99_ms: float
+    tokens: int
+
+    @property
+    def rtfx(self) -> float:
+        return self.audio_s / self.compute_s
+
+
+def _audio(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """Tone sequences back to back: real-looking energy and token activity for any model."""
+    pieces, total = [], 0
+    while total < seconds * tones.SAMPLE_RATE:
+        pieces.append(tones.random_sequence(rng).audio)
+        total += len(pieces[-1])
+    return np.concatenate(pieces)[: int(seconds * tones.SAMPLE_RATE)]
+
+
+def run_engine(model: Any, audios: list[np.ndarray], size: tuple[int, int], max_batch: int) -> EngineRun:
+    """Feed all streams at once and step to the end; time every step."""
+    engine = StreamingEngine(model, max_batch=max_batch, max_streams=len(audios))
+    ids = [engine.open_stream(StreamOptions(att_context_size=size, word_timestamps=False)) for _ in audios]
+    for stream_id, audio in zip(ids, audios):
+        engine.push_audio(stream_id, audio)
+        engine.end_stream(stream_id)
+    device = next(model.parameters()).device
+    step_times, tokens = [], 0
+    started = time.perf_counter()
+    while engine.streams:
+        t0 = time.perf_counter()
+        for update in engine.step():
+            tokens += sum(len(u.tokens) for u in update.finals)
+        synchronize(device)
+        step_times.append(time.perf_counter() - t0)
+    compute = time.perf_counter() - started
+    ms = sorted(t * 1000 for t in step_times)
+    return EngineRun(
+        streams=len(audios), chunk_ms=(size[1] + 1) * 80, audio_s=sum(len(a) for a in audios) / tones.SAMPLE_RATE,
+        compute_s=compute, steps=len(step_times), step_p50_ms=statistics.median(ms),
+        step_p99_ms=ms[min(len(ms) - 1, int(0.99 * len(ms)))], tokens=tokens,
+    )
+
+
+def batching_benchmark(model: Any, stream_counts: list[int], sizes: list[tuple[int, int]], seconds: float,
+                       sequential: bool = True, seed: int = 0) -> list[dict[str, Any]]:
+    """For each chunk size and stream count: batched run, and optionally the sequential baseline."""
+    rng = np.random.default_rng(seed)
+    results = []
+    for size in sizes:
+        run_engine(model, [_audio(rng, 2.0)], size, 1)  # warm-up: allocator, kernels
+        for count in stream_counts:
+            audios = [_audio(rng, seconds) for _ in range(count)]
+            batched = run_engine(model, audios, size, max_batch=count)
+            row: dict[str, Any] = {**asdict(batched), "rtfx": batched.rtfx,
+                                   "tokens_per_s": batched.tokens / batched.compute_s}
+            if sequential and count > 1:
+                alone = sum(run_engine(model, [a], size, 1).compute_s for a in audios)
+                row["sequential_compute_s"] = alone
+                row["batching_gain"] = alone / batched.compute_s
+            results.append(row)
+    return results
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| chunk ms | streams | RTFx | step p50 ms | step p99 ms | batching gain | tokens/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        gain = f"{row['batching_gain']:.2f}x" if "batching_gain" in row else "-"
+        lines.append(
+            f"| {row['chunk_ms']} | {row['streams']} | {row['rtfx']:.1f} | {row['step_p50_ms']:.1f} | "
+            f"{row['step_p99_ms']:.1f} | {gain} | {row['tokens_per_s']:.0f} |"
+        )
+    return "\n".join(lines)
