@@ -23,6 +23,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from streamd import protocol
+from streamd.audio import ENCODINGS, PcmFormat
 
 # soundfile subtypes sent losslessly as 16-bit PCM; everything else is sent as float32.
 PCM16_SUBTYPES = {"PCM_16", "PCM_S8", "PCM_U8", "ULAW", "ALAW"}
@@ -52,9 +53,8 @@ class Pcm:
         """``[n]`` or ``[n, channels]`` float samples in ±1 (or int16 for ``pcm_s16le``)."""
         frames = samples.reshape(len(samples), -1)
         if encoding == "pcm_s16le" and frames.dtype != np.int16:
-            frames = np.clip(np.round(frames * 32767.0), -32768, 32767).astype(np.int16)
-        dtype = "<i2" if encoding == "pcm_s16le" else "<f4"
-        return cls(frames.astype(dtype).tobytes(), sample_rate, frames.shape[1], encoding)
+            frames = np.clip(np.round(frames * 32767.0), -32768, 32767)
+        return cls(frames.astype(ENCODINGS[encoding]).tobytes(), sample_rate, frames.shape[1], encoding)
 
     @classmethod
     def read(cls, path: str) -> Pcm:
@@ -65,8 +65,13 @@ class Pcm:
         return cls.from_array(samples, int(rate), encoding)
 
     @property
+    def format(self) -> PcmFormat:
+        """How the server will decode these bytes."""
+        return PcmFormat(self.encoding, self.sample_rate, self.channels)
+
+    @property
     def frame_bytes(self) -> int:
-        return (2 if self.encoding == "pcm_s16le" else 4) * self.channels
+        return self.format.frame_bytes
 
     @property
     def seconds(self) -> float:

@@ -37,6 +37,7 @@ class ServeConfig:
     port: int = 8765  # 0 = any free port (logged at start)
     device: str = "auto"  # auto|cpu|cuda[:N]|npu[:N]
     dtype: str = "float32"  # float32|float16|bfloat16
+    threads: int = 1  # torch CPU threads for model work; 0 = torch's default (one per core)
     max_sessions: int = 64  # concurrent WebSocket sessions; more get HTTP 503
     max_batch: int = 32  # streams per model step
     default_chunk_ms: int = 1120  # chunk of a session whose config names none
@@ -48,6 +49,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be between 0 and 65535")
+        if self.threads < 0:
+            raise ValueError("threads must be 0 (torch's default) or more")
         for name in ("max_sessions", "max_batch", "default_chunk_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

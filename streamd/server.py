@@ -79,8 +79,12 @@ class Server:
         s = self.settings
 
         def build() -> StreamingEngine:
+            import torch
+
             from streamd.models import UNTRAINED_WARNING, is_untrained, prepare_model
 
+            if s.threads:
+                torch.set_num_threads(s.threads)
             model = prepare_model(s.model, s.device, s.dtype)
             if is_untrained(model):
                 log.warning(UNTRAINED_WARNING)

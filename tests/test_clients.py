@@ -32,7 +32,7 @@ def test_files_are_sent_in_a_format_the_server_decodes(tmp_path: Path, rng: np.r
     pcm = Pcm.read(str(path))
     assert (pcm.sample_rate, pcm.channels, pcm.encoding) == (44100, 2, encoding)
     assert pcm.seconds == pytest.approx(0.1)
-    server_format = PcmFormat(**pcm.config())
+    server_format = PcmFormat(**pcm.config())  # what the server builds from the config message
     chunks = pcm.chunks(20)
     assert all(len(c) % server_format.frame_bytes == 0 for c in chunks)
     decoded = np.concatenate([server_format.decode(c) for c in chunks])

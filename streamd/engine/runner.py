@@ -62,6 +62,7 @@ class EngineRunner:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="streamd-engine")
         self._engine: StreamingEngine | None = None
         self._inbox: deque[tuple[Callable[..., None], int, tuple[Any, ...]]] = deque()
+        self._failed: dict[int, str] = {}  # worker side: streams whose command failed, not yet reported
         self._sinks: dict[int, Sink] = {}
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
@@ -107,9 +108,13 @@ class EngineRunner:
     # ------------------------------------------------------------------ commands
     async def open(self, options: StreamOptions, sink: Sink) -> int:
         """Open a stream whose updates go to ``sink``; raises the engine's errors."""
-        stream_id = await self._call(self.engine.open_stream, options)
+        stream_id = await self._call(self._open, options)
         self._sinks[stream_id] = sink
         return stream_id
+
+    def _open(self, options: StreamOptions) -> int:
+        self._apply_inbox()  # a departed session's close frees its slot first
+        return self.engine.open_stream(options)
 
     def _submit(self, method: Callable[..., None], stream_id: int, *args: Any) -> None:
         self._inbox.append((method, stream_id, args))
@@ -132,23 +137,28 @@ class EngineRunner:
         self._submit(self.engine.close_stream, stream_id)
 
     # ------------------------------------------------------------------ the worker's cycle
-    def _cycle(self) -> _Cycle | None:
-        """On the worker: apply queued commands, then step if there is work; ``None`` when idle."""
-        engine = self.engine
-        failed: dict[int, str] = {}
+    def _apply_inbox(self) -> bool:
+        """On the worker: run queued commands in order; whether there were any."""
         applied = bool(self._inbox)
         while self._inbox:
             method, stream_id, args = self._inbox.popleft()
-            if stream_id in failed:
+            if stream_id in self._failed:
                 continue
             try:
                 method(stream_id, *args)
             except Exception as exc:  # a bug: the session validated everything it sent
                 log.exception("engine command failed", command=method.__name__, stream_id=stream_id)
-                failed[stream_id] = f"{method.__name__}: {type(exc).__name__}: {exc}"
-                engine.close_stream(stream_id)
+                self._failed[stream_id] = f"{method.__name__}: {type(exc).__name__}: {exc}"
+                self.engine.close_stream(stream_id)
+        return applied
+
+    def _cycle(self) -> _Cycle | None:
+        """On the worker: apply queued commands, then step if there is work; ``None`` when idle."""
+        engine = self.engine
+        applied = self._apply_inbox()
+        failed, self._failed = self._failed, {}
         if not engine.has_work():
-            return _Cycle([], 0.0, failed) if applied else None
+            return _Cycle([], 0.0, failed) if applied or failed else None
         try:
             updates = engine.step()
         except Exception as exc:  # a bug: no way to tell which stream caused it, so drop them all

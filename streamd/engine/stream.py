@@ -51,7 +51,7 @@ class StreamUpdate:
     audio_seconds: float = 0.0
 
 
-@dataclass
+@dataclass(eq=False)  # identity, not field-by-field tensor comparison
 class Stream:
     """Everything the engine knows about one live stream."""
 
