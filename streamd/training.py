@@ -92,13 +92,18 @@ def train_tone_model(seed: int = 0, steps: int = 1500, batch_size: int = 16, lr:
     Stops early once held-out sequence accuracy reaches ``target_accuracy``; returns the model
     in eval mode. Same seed, same model (single-threaded determinism aside).
     """
-    # Early in training the gradients underflow into denormal floats, which x86 CPUs process
-    # 10-50x slower: measured 20 s per backward step here without this, about 1 s with it.
+    # Early gradients underflow into denormal floats, which x86 CPUs process 10-50x slower, and
+    # the flush-to-zero setting reaches only the calling thread; the tiny model's ops are also
+    # too small to gain from a thread pool. One thread with flushing: ~0.8 s per step measured
+    # here, against 2-12 s with two threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     try:
         return _train(seed, steps, batch_size, lr, target_accuracy, eval_every, eval_count)
     finally:
         torch.set_flush_denormal(False)  # torch's default; inference keeps exact subnormals
+        torch.set_num_threads(threads)
 
 
 def _train(seed: int, steps: int, batch_size: int, lr: float, target_accuracy: float, eval_every: int,
