@@ -274,7 +274,10 @@ def prepare_model(name_or_path: str, device: str = "auto", dtype: str = "float32
     torch_dtype = parse_dtype(dtype)
     check_dtype_supported(torch_device, torch_dtype)
     model = load_model(name_or_path, map_location=torch_device)
-    model.to(device=torch_device, dtype=torch_dtype)
-    model.preprocessor.float()
+    model.to(torch_device)
+    # Cast the networks only: a round trip of the preprocessor through a 16-bit dtype would
+    # lose its filterbank and window precision for good.
+    for network in (model.encoder, model.decoder, model.joint):
+        network.to(dtype=torch_dtype)
     model.eval()
     return model

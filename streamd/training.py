@@ -85,8 +85,8 @@ def sequence_accuracy(model: Any, rng: np.random.Generator, count: int) -> float
     return correct / (count * len(ATT_CONTEXT_SIZES))
 
 
-def train_tone_model(seed: int = 0, steps: int = 1500, batch_size: int = 16, lr: float = 4e-3,
-                     target_accuracy: float = 1.0, eval_every: int = 50, eval_count: int = 48) -> Any:
+def train_tone_model(seed: int = 0, steps: int = 2500, batch_size: int = 16, lr: float = 4e-3,
+                     target_accuracy: float = 1.0, eval_every: int = 50, eval_count: int = 64) -> Any:
     """Build the tiny architecture with a tone-alphabet tokenizer and train it.
 
     Stops early once held-out sequence accuracy reaches ``target_accuracy``; returns the model
@@ -141,7 +141,7 @@ def _train(seed: int, steps: int, batch_size: int, lr: float, target_accuracy: f
             log.info("tone training", step=step, loss=round(smoothed, 4), accuracy=accuracy,
                      seconds=round(time.monotonic() - started, 1))
             held = held + 1 if accuracy >= target_accuracy else 0
-            if held >= 2:  # the target on two fresh evaluation sets in a row
+            if held >= 3:  # the target on three fresh evaluation sets in a row
                 break
             model.train()
     model.eval()

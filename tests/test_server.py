@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -225,7 +226,8 @@ def parity_files(tone_model_path: Path, tmp_path_factory: pytest.TempPathFactory
             [sys.executable, "-m", "streamd", "--log-format", "json", "transcribe", *map(str, sequences),
              "--model", str(tone_model_path), "--mode", "streaming", "--att-context-size", str(chunk),
              "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            env=os.environ | {"OMP_NUM_THREADS": "1"})  # four at once: spinning thread pools would crawl
         for chunk in CHUNKS_MS
     }
     transcripts: dict[int, dict[str, dict[str, Any]]] = {}
@@ -381,8 +383,9 @@ def test_protocol_errors(server: ServerProcess, frames: list[str | bytes], code:
 
 def test_frames_far_over_the_limit_are_cut_off_by_the_websocket_layer(server: ServerProcess):
     messages, close_code = asyncio.run(converse(server.url, CONFIG, b"\x00" * (4 * BIG + 2)))
-    assert [m["type"] for m in messages] == ["ready"]
+    assert {m["type"] for m in messages} <= {"ready"}  # the connection may fail before `ready` is out
     assert close_code == 1009
+    assert server.get("/readyz")[0] == 200
 
 
 @pytest.mark.parametrize("ending, code, close_code, reason", [

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--out", required=True, help="output .nemo file")
     create.add_argument("--seed", type=int, default=0, help="same seed, same weights (default 0)")
     create.add_argument("--train", choices=("tones",), help="train on a synthetic task instead of random weights")
-    create.add_argument("--steps", type=int, default=1500,
+    create.add_argument("--steps", type=int, default=2500,
                         help="maximum training steps; stops early at 100%% held-out accuracy (default 1500)")
     create.set_defaults(func=run_create)
 
