@@ -24,8 +24,22 @@ log = get_logger(__name__)
 EVAL_BELOW_LOSS = 1.5
 
 
+def _training_letters(rng: np.random.Generator) -> str:
+    """Like :func:`tones.random_letters`, but repeats the previous letter half the time.
+
+    Under uniform sampling a run of three identical tones appears in about 1 of 16 sequences,
+    and a model trained that way drops one tone of such runs (seen: every remaining error was
+    one). Oversampling runs in training fixes it; evaluation stays uniform.
+    """
+    letters = tones.random_letters(rng)
+    out = letters[0]
+    for letter in letters[1:]:
+        out += out[-1] if rng.random() < 0.5 else letter
+    return out
+
+
 def _batch(model: Any, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, ...]:
-    sequences = [tones.random_sequence(rng) for _ in range(size)]
+    sequences = [tones.synthesize(_training_letters(rng), rng) for _ in range(size)]
     audio_len = torch.tensor([len(s.audio) for s in sequences])
     audio = torch.zeros(size, int(audio_len.max()))
     for i, seq in enumerate(sequences):
