@@ -64,9 +64,9 @@ class Server:
                     log.error("startup failed", error=f"{type(exc).__name__}: {exc}")
                     return 1
                 else:
+                    self.model = loading.result()
                     self.state = "ready"
-                    log.info("ready", port=port, model=self.model.name if self.model else None,
-                             max_sessions=s.max_sessions)
+                    log.info("ready", port=port, model=self.model.name, max_sessions=s.max_sessions)
                 await stopping
                 self.state = "draining"
                 await self._drain(ws_server)
@@ -75,7 +75,8 @@ class Server:
         log.info("stopped")
         return 0
 
-    async def _load(self) -> None:
+    async def _load(self) -> ModelInfo:
+        """Load, build and warm up the engine on its thread; describe the model for ``ready``."""
         s = self.settings
 
         def build() -> StreamingEngine:
@@ -91,19 +92,18 @@ class Server:
             return StreamingEngine(model, max_batch=s.max_batch, max_streams=s.max_sessions)
 
         engine = await self.runner.start(build)
-        self.model = ModelInfo.describe(Path(s.model).stem, engine.sample_rate, engine.att_context_sizes,
-                                        engine.frame_s, s.default_chunk_ms)
+        return ModelInfo.describe(Path(s.model).stem, engine.sample_rate, engine.att_context_sizes,
+                                  engine.frame_s, s.default_chunk_ms)
 
     async def _drain(self, ws_server: WebSocketServer) -> None:
         """Stop accepting, let every session end its stream, cancel what outlives the timeout."""
-        sessions = len(self._sessions)
-        log.info("shutting down", sessions=sessions)
+        log.info("shutting down", sessions=len(self._sessions))
         ws_server.close(close_connections=False)
         for session in self._sessions:
             session.shutdown()
         try:
             await asyncio.wait_for(ws_server.wait_closed(), self.settings.shutdown_timeout_s)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
             log.warning("sessions outlived shutdown_timeout_s; cancelling", sessions=len(self._sessions))
             for task in self._sessions.values():
                 task.cancel()

@@ -38,15 +38,28 @@ def _training_letters(rng: np.random.Generator) -> str:
     return out
 
 
+def _training_sequence(rng: np.random.Generator) -> tones.ToneSequence:
+    """A training example: a quarter have long silences (up to 2.5 s), some no tone at all.
+
+    With only the specified 50-300 ms gaps a model hears letters in any longer silence
+    (seen: "a" in empty audio, extra letters after a pause), which real streams are full of.
+    """
+    if rng.random() < 0.05:
+        silence = np.zeros(int(rng.uniform(0.1, 2.5) * tones.SAMPLE_RATE), np.float32)
+        return tones.ToneSequence(silence + rng.normal(0, tones.NOISE_STD, silence.shape).astype(np.float32), "")
+    gaps = (0.05, 2.5) if rng.random() < 0.25 else (0.05, 0.30)
+    return tones.synthesize(_training_letters(rng), rng, gap_s=gaps)
+
+
 def _batch(model: Any, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, ...]:
-    sequences = [tones.synthesize(_training_letters(rng), rng) for _ in range(size)]
+    sequences = [_training_sequence(rng) for _ in range(size)]
     audio_len = torch.tensor([len(s.audio) for s in sequences])
     audio = torch.zeros(size, int(audio_len.max()))
     for i, seq in enumerate(sequences):
         audio[i, : len(seq.audio)] = torch.from_numpy(seq.audio)
     targets = [model.tokenizer.text_to_ids(s.text) for s in sequences]
     target_len = torch.tensor([len(t) for t in targets])
-    target = torch.zeros(size, int(target_len.max()), dtype=torch.long)
+    target = torch.zeros(size, max(int(target_len.max()), 1), dtype=torch.long)
     for i, ids in enumerate(targets):
         target[i, : len(ids)] = torch.tensor(ids)
     return audio, audio_len, target, target_len

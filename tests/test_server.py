@@ -34,7 +34,9 @@ from clients.common import Pcm, SessionResult, run_session
 from streamd import protocol, tones
 
 CHUNKS_MS = (80, 160, 560, 1120)
-LIMITS = {"max_sessions": 24, "idle_timeout_s": 3, "max_session_s": 8, "max_message_bytes": 65536}
+# Every stream in this module but the max_session test's is shorter than max_session_s. The tone
+# model knows gaps of at most 0.3 s (it may hear letters in longer silences): audio stays like that.
+LIMITS = {"max_sessions": 24, "idle_timeout_s": 3, "max_session_s": 3.5, "max_message_bytes": 65536}
 
 
 # ---------------------------------------------------------------------- the server process
@@ -127,13 +129,21 @@ def tone_pcm(sequence: tones.ToneSequence, rate: int = 16000, encoding: str = "p
     return Pcm.from_array(np.repeat(audio[:, None], channels, axis=1), rate, encoding)
 
 
-def letters_sequence(rng: np.random.Generator, count: int) -> list[tones.ToneSequence]:
-    """``count`` sequences of 2–5 letters, all different."""
+def letters_sequence(rng: np.random.Generator, count: int, letters: tuple[int, int] = (2, 5),
+                     **timing: tuple[float, float]) -> list[tones.ToneSequence]:
+    """``count`` different sequences of ``letters`` letters (at most 3.3 s with default timing)."""
     seen: dict[str, tones.ToneSequence] = {}
     while len(seen) < count:
-        letters = tones.random_letters(rng, 2, 5)
-        seen.setdefault(letters, tones.synthesize(letters, rng))
+        text = tones.random_letters(rng, *letters)
+        seen.setdefault(text, tones.synthesize(text, rng, **timing))
     return list(seen.values())
+
+
+def tone_spans(audio: np.ndarray) -> list[tuple[float, float]]:
+    """(start, end) seconds of each tone, from the signal envelope (tones are 0.3, noise 0.003)."""
+    loud = np.convolve(np.abs(audio) > 0.05, np.ones(80), "same") > 0  # bridges zero crossings
+    edges = np.flatnonzero(np.diff(loud.astype(np.int8)))
+    return [(start / tones.SAMPLE_RATE, end / tones.SAMPLE_RATE) for start, end in edges.reshape(-1, 2)]
 
 
 async def paced(pcm: Pcm, frame_ms: float, speed: float) -> AsyncIterator[tuple[bytes, float]]:
@@ -273,20 +283,21 @@ def test_sixteen_concurrent_clients_get_their_own_sequences(server: ServerProces
 
 
 def test_finalize_ends_an_utterance_and_the_stream_goes_on(server: ServerProcess, rng: np.random.Generator):
-    first, second = letters_sequence(rng, 2)
-    silence = np.zeros(tones.SAMPLE_RATE, np.float32)  # lets the last letter of `first` be decoded
+    # long gaps in `first`: its last letter is decoded from its own trailing gap, before `second`
+    (first,) = letters_sequence(rng, 1, (2, 2), gap_s=(0.25, 0.3))
+    (second,) = letters_sequence(rng, 1, (2, 2))
 
     async def scenario() -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
         async with connect(server.url) as ws:
-            await ws.send(protocol.config(chunk_ms=160))
+            await ws.send(protocol.config(chunk_ms=80))
             messages.append(json.loads(await ws.recv()))
-            for chunk in Pcm.from_array(np.concatenate([first.audio, silence]), 16000).chunks(80):
+            for chunk in tone_pcm(first).chunks(80):
                 await ws.send(chunk)
             while not (messages[-1]["type"] == "partial" and messages[-1]["text"] == first.text):
                 messages.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
             await ws.send(protocol.finalize())
-            for chunk in Pcm.from_array(second.audio, 16000).chunks(80):
+            for chunk in tone_pcm(second).chunks(80):
                 await ws.send(chunk)
             await ws.send(protocol.eof())
             messages += [json.loads(text) async for text in ws]
@@ -301,7 +312,7 @@ def test_finalize_ends_an_utterance_and_the_stream_goes_on(server: ServerProcess
 
 
 def test_final_word_times_lie_within_the_utterance(server: ServerProcess, rng: np.random.Generator):
-    sequence = tones.synthesize(tones.random_letters(rng, 6, 6), rng)
+    (sequence,) = letters_sequence(rng, 1, (5, 5))
     result = asyncio.run(stream(server.url, tone_pcm(sequence), 560))
     assert result.text == sequence.text
     (final,) = result.finals
@@ -406,13 +417,18 @@ def test_an_error_after_audio_sends_the_final_first(server: ServerProcess, rng: 
 
 
 def test_max_session_ends_the_stream_with_a_final(server: ServerProcess, rng: np.random.Generator):
-    sequence = letters_sequence(rng, 1)[0]
-    silence = np.zeros(int(LIMITS["max_session_s"] * tones.SAMPLE_RATE), np.float32)
-    pcm = Pcm.from_array(np.concatenate([sequence.audio, silence]), tones.SAMPLE_RATE)
-    messages, close_code = asyncio.run(converse(server.url, CONFIG, *pcm.chunks(500)))
+    limit = LIMITS["max_session_s"]
+    while True:  # a sequence longer than the limit, cut in a gap: the letters before it are complete
+        sequence = tones.synthesize(tones.random_letters(rng, 7, 7), rng, tone_s=(0.25, 0.3), gap_s=(0.2, 0.3))
+        spans = tone_spans(sequence.audio)
+        before = [end for _, end in spans if end < limit]
+        if len(spans) == 7 and before and before[-1] < limit - 0.1 and spans[len(before)][0] > limit + 0.03:
+            break
+    expected = " ".join(sequence.letters[: len(before)])
+    messages, close_code = asyncio.run(converse(server.url, CONFIG, *tone_pcm(sequence).chunks(250)))
     *_, final, error = messages
-    assert (final["text"], final["reason"]) == (sequence.text, "max_session")
-    assert final["end"] == pytest.approx(LIMITS["max_session_s"], abs=0.01)
+    assert (final["text"], final["reason"]) == (expected, "max_session")
+    assert final["end"] == pytest.approx(limit, abs=0.01)
     assert (error["code"], close_code) == ("max_session", 4009)
 
 
@@ -456,10 +472,10 @@ def test_sigterm_sends_every_session_its_final_and_done(tone_model_path: Path, t
 
 # ---------------------------------------------------------------------- latency client
 def test_latency_client_writes_sane_reports(server: ServerProcess, tmp_path: Path, rng: np.random.Generator):
-    sequence = tones.synthesize(tones.random_letters(rng, 4, 4), rng)
-    path = tmp_path / "short.wav"  # a second of silence at the end: partials arrive before eof
-    audio = np.concatenate([sequence.audio, np.zeros(tones.SAMPLE_RATE, np.float32)])
-    sf.write(path, audio, tones.SAMPLE_RATE, subtype="PCM_16")
+    # 1.9-3.3 s: with 160 ms chunks the first letters arrive long before eof
+    (sequence,) = letters_sequence(rng, 1, (5, 5), tone_s=(0.2, 0.3), gap_s=(0.15, 0.3))
+    path = tmp_path / "short.wav"
+    sf.write(path, sequence.audio, tones.SAMPLE_RATE, subtype="PCM_16")
     out = tmp_path / "report"
     subprocess.run([sys.executable, "-m", "clients.latency", server.url, str(path), "--chunk-ms", "160,560",
                     "--out", str(out)], check=True, timeout=180, cwd=ROOT, capture_output=True)

@@ -305,10 +305,10 @@ class StreamingEngine:
             stream.steps += 1
             tokens = hypothesis_tokens(hyp)
             new_tokens = tokens[len(stream.tokens):]
-            # Partial hypotheses carry frame indices relative to the chunk they were found in.
-            new_frames = hypothesis_frames(hyp)[len(stream.tokens):]
+            # NeMo's partial hypotheses carry absolute encoder-frame indices (the decoder keeps
+            # the offset), so they are stream times as they are.
             stream.tokens.extend(new_tokens)
-            stream.frames.extend(stream.encoder_frames + f for f in new_frames)
+            stream.frames.extend(hypothesis_frames(hyp)[len(stream.frames):])
             stream.encoder_frames += int(n_out)
             stream.hypothesis = hyp
             updates.setdefault(stream.stream_id, StreamUpdate(stream.stream_id))
