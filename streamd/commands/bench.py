@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-CHUNK_MS = {80: (70, 0), 160: (70, 1), 560: (70, 6), 1120: (70, 13)}
+from streamd.commands.transcribe import CHUNK_MS
 
 
 def _ints(text: str) -> list[int]:
