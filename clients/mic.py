@@ -67,6 +67,10 @@ async def capture(sounddevice: Any, device: int | str | None, rate: int, frame_m
                 break
             frame = next_frame.result()
             yield frame, len(frame) / 2 / rate
+    # The stream is closed: no callback runs any more, but the blocks its last callbacks handed
+    # over may still wait in the loop's queue (call_soon_threadsafe); one pass of the loop
+    # delivers them. (Seen on a slow CI machine: the last blocks were lost without it.)
+    await asyncio.sleep(0)
     while not frames.empty():
         frame = frames.get_nowait()
         yield frame, len(frame) / 2 / rate

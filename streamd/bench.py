@@ -39,7 +39,7 @@ class EngineRun:
         return self.audio_s / self.compute_s
 
 
-def _audio(rng: np.random.Generator, seconds: float) -> np.ndarray:
+def bench_audio(rng: np.random.Generator, seconds: float) -> np.ndarray:
     """Tone sequences back to back: real-looking energy and token activity for any model."""
     pieces, total = [], 0
     while total < seconds * tones.SAMPLE_RATE:
@@ -79,9 +79,9 @@ def batching_benchmark(model: Any, stream_counts: list[int], sizes: list[tuple[i
     rng = np.random.default_rng(seed)
     results = []
     for size in sizes:
-        run_engine(model, [_audio(rng, 2.0)], size, 1)  # warm-up: allocator, kernels
+        run_engine(model, [bench_audio(rng, 2.0)], size, 1)  # warm-up: allocator, kernels
         for count in stream_counts:
-            audios = [_audio(rng, seconds) for _ in range(count)]
+            audios = [bench_audio(rng, seconds) for _ in range(count)]
             batched = run_engine(model, audios, size, max_batch=count)
             row: dict[str, Any] = {**asdict(batched), "rtfx": batched.rtfx,
                                    "tokens_per_s": batched.tokens / batched.compute_s}

@@ -22,6 +22,9 @@ from streamd.models import ATT_CONTEXT_SIZES, build_model, mark_origin
 log = get_logger(__name__)
 
 EVAL_BELOW_LOSS = 1.5
+SILENT_SHARE = 0.05
+LONG_SILENCE_SHARE = 0.25
+LONG_SILENCE_S = (0.3, 2.5)
 
 
 def _training_letters(rng: np.random.Generator) -> str:
@@ -38,21 +41,28 @@ def _training_letters(rng: np.random.Generator) -> str:
     return out
 
 
-def _training_sequence(rng: np.random.Generator) -> tones.ToneSequence:
-    """A training example: a quarter have long silences (up to 2.5 s), some no tone at all.
+def _with_silences(rng: np.random.Generator, letters: str) -> tones.ToneSequence:
+    """A training or evaluation example: some hold one long silence (0.3-2.5 s), a few no tone.
 
     With only the specified 50-300 ms gaps a model hears letters in any longer silence
-    (seen: "a" in empty audio, extra letters after a pause), which real streams are full of.
+    (seen: "a" in silent audio, extra letters after a pause), which real streams are full of.
+    Half of the long silences are digital zeros (a muted microphone, zero-padded files), whose
+    features look nothing like the light noise elsewhere. One long silence per example, not
+    several: every batch is padded to its longest example, so long examples cost the whole batch.
     """
-    if rng.random() < 0.05:
-        silence = np.zeros(int(rng.uniform(0.1, 2.5) * tones.SAMPLE_RATE), np.float32)
-        return tones.ToneSequence(silence + rng.normal(0, tones.NOISE_STD, silence.shape).astype(np.float32), "")
-    gaps = (0.05, 2.5) if rng.random() < 0.25 else (0.05, 0.30)
-    return tones.synthesize(_training_letters(rng), rng, gap_s=gaps)
+    letters = "" if rng.random() < SILENT_SHARE else letters
+    if letters and rng.random() >= LONG_SILENCE_SHARE:
+        return tones.synthesize(letters, rng)
+    split = int(rng.integers(len(letters) + 1))
+    silence = np.zeros(int(rng.uniform(*LONG_SILENCE_S) * tones.SAMPLE_RATE), np.float32)
+    if rng.random() < 0.5:
+        silence += rng.normal(0.0, tones.NOISE_STD, silence.shape).astype(np.float32)
+    before, after = tones.synthesize(letters[:split], rng), tones.synthesize(letters[split:], rng)
+    return tones.ToneSequence(np.concatenate([before.audio, silence, after.audio]), letters)
 
 
 def _batch(model: Any, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, ...]:
-    sequences = [_training_sequence(rng) for _ in range(size)]
+    sequences = [_with_silences(rng, _training_letters(rng)) for _ in range(size)]
     audio_len = torch.tensor([len(s.audio) for s in sequences])
     audio = torch.zeros(size, int(audio_len.max()))
     for i, seq in enumerate(sequences):
@@ -99,12 +109,12 @@ def rnnt_loss(model: Any, audio: torch.Tensor, audio_len: torch.Tensor, target: 
 
 
 def sequence_accuracy(model: Any, rng: np.random.Generator, count: int) -> float:
-    """Share of fresh random tone sequences whose offline transcript is exactly right,
-    averaged over the four att_context_sizes."""
+    """Share of fresh random tone sequences (uniform letters, with the training's long silences)
+    whose offline transcript is exactly right, averaged over the four att_context_sizes."""
     from streamd.engine.offline import transcribe_offline
 
     model.eval()
-    sequences = [tones.random_sequence(rng) for _ in range(count)]
+    sequences = [_with_silences(rng, tones.random_letters(rng)) for _ in range(count)]
     correct = 0
     for size in ATT_CONTEXT_SIZES:
         results = transcribe_offline(model, [s.audio for s in sequences], att_context_size=size)

@@ -68,26 +68,31 @@ def test_percentiles_are_ordered():
 
 
 class FakeSoundDevice:
-    """Calls the input callback from another thread with consecutive int16 blocks, like PortAudio."""
+    """Calls the input callback from another thread with consecutive int16 blocks, like PortAudio;
+    the last ``flushed`` blocks arrive while the stream closes (PortAudio delivers its last
+    buffers then), after the reader has stopped waiting for more."""
 
-    def __init__(self, blocks: int) -> None:
-        self.blocks = blocks
+    def __init__(self, blocks: int, flushed: int = 2) -> None:
+        self.blocks, self.flushed = blocks, flushed
 
     def RawInputStream(self, samplerate: int, blocksize: int, callback, **_: object):
         device = self
 
+        def produce(first: int, end: int) -> None:
+            for i in range(first, end):
+                callback(np.full(blocksize, i, "<i2").tobytes(), blocksize, None, None)
+
         class Stream:
             def __enter__(self) -> Stream:
-                def produce() -> None:
-                    for i in range(device.blocks):
-                        callback(np.full(blocksize, i, "<i2").tobytes(), blocksize, None, None)
-
-                self.thread = threading.Thread(target=produce)
+                self.thread = threading.Thread(target=produce, args=(0, device.blocks - device.flushed))
                 self.thread.start()
                 return self
 
             def __exit__(self, *_: object) -> None:
                 self.thread.join()
+                closing = threading.Thread(target=produce, args=(device.blocks - device.flushed, device.blocks))
+                closing.start()
+                closing.join()
 
         return Stream()
 

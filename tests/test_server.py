@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from clients.common import Pcm, SessionResult, run_session
 from streamd import protocol, tones
+from streamd.serverproc import ServerProcess, start_server
 
 CHUNKS_MS = (80, 160, 560, 1120)
 # Every stream in this module but the max_session test's is shorter than max_session_s. The tone
@@ -40,78 +37,6 @@ LIMITS = {"max_sessions": 24, "idle_timeout_s": 3, "max_session_s": 3.5, "max_me
 
 
 # ---------------------------------------------------------------------- the server process
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
-
-    def get(self, path: str) -> tuple[int, dict[str, str], dict[str, Any]]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            return response.status, dict(response.getheaders()), json.loads(response.read())
-        finally:
-            connection.close()
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text()[-4000:]
-
-    def wait_idle(self, timeout: float = 30) -> None:
-        """Until no session is open (closed connections free their slot once the TCP close ends)."""
-        deadline = time.monotonic() + timeout
-        while (body := self.get("/readyz")[2])["sessions"]:
-            assert time.monotonic() < deadline, f"sessions still open: {body}"
-            time.sleep(0.1)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(model: Path, log_path: Path, **settings: Any) -> ServerProcess:
-    """``python -m streamd serve`` on a free port; returns once ``/readyz`` answers 200."""
-    port = _free_port()
-    overrides = [f"{key}={value}" for key, value in settings.items()]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamd", "--log-format", "json", "serve", f"model={model}",
-             "host=127.0.0.1", f"port={port}", *overrides],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-    server = ServerProcess(process, port, log_path)
-    deadline = time.monotonic() + 300
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{server.log_tail()}")
-        try:
-            if server.get("/readyz")[0] == 200:
-                return server
-        except OSError:
-            pass  # not listening yet
-        if time.monotonic() > deadline:
-            server.stop()
-            raise AssertionError(f"server not ready after 300 s:\n{server.log_tail()}")
-        time.sleep(0.3)
-
-
 @pytest.fixture(scope="module")
 def server(tone_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
     started = start_server(tone_model_path, tmp_path_factory.mktemp("server") / "server.log", **LIMITS)

@@ -1,4 +1,8 @@
-"""``streamd bench engine``: engine throughput, step latency and batching gain (JSON + markdown)."""
+"""``streamd bench engine|server``: measured speed and memory, as JSON plus a markdown table.
+
+``engine`` steps the engine directly (throughput, step latency, batching gain); ``server``
+drives a real server child process with real clients (overhead, real-time capacity, memory).
+"""
 
 from __future__ import annotations
 
@@ -8,42 +12,75 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from streamd.commands.transcribe import CHUNK_MS
+
+SERVER_SCENARIOS = ("overhead", "capacity", "memory")
 
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+def _words(text: str) -> list[str]:
+    return [x for x in text.split(",") if x]
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help=".nemo file (untrained models are fine: speed only)")
+    parser.add_argument("--chunk-ms", type=_ints, default=[80, 160, 560, 1120], help="comma list of 80/160/560/1120")
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio per stream (default 10)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads, here and in the server (default 1, the server's default)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--out", required=True, help="JSON results file")
+    parser.add_argument("--markdown", help="append the tables, with machine/date/command, to this file")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks (results as JSON and a markdown table)")
     kinds = parser.add_subparsers(dest="bench_kind", required=True, metavar="KIND")
     engine = kinds.add_parser("engine", help="engine throughput and batching gain (no network)")
-    engine.add_argument("--model", required=True, help=".nemo file (untrained models are fine: speed only)")
+    _common(engine)
     engine.add_argument("--streams", type=_ints, default=[1, 2, 4, 8, 16], help="comma list (default 1,2,4,8,16)")
-    engine.add_argument("--chunk-ms", type=_ints, default=[80, 160, 560, 1120], help="comma list of 80/160/560/1120")
-    engine.add_argument("--seconds", type=float, default=10.0, help="audio per stream (default 10)")
     engine.add_argument("--no-sequential", action="store_true", help="skip the one-after-another baseline")
-    engine.add_argument("--device", default="auto")
-    engine.add_argument("--dtype", default="float32")
-    engine.add_argument("--out", required=True, help="JSON results file")
-    engine.add_argument("--markdown", help="append the table, with machine/date/command, to this file")
     engine.set_defaults(func=run_engine_bench)
+    server = kinds.add_parser("server", help="server overhead, real-time capacity and memory (real clients)")
+    _common(server)
+    server.add_argument("--scenarios", type=_words, default=list(SERVER_SCENARIOS),
+                        help=f"comma list of {','.join(SERVER_SCENARIOS)} (default all)")
+    server.add_argument("--streams", type=int, default=16, help="streams for the overhead scenario (default 16)")
+    server.add_argument("--ramp", type=_ints, default=[1, 2, 4, 8, 16, 32, 64],
+                        help="stream counts the capacity scenario tries, in order (default 1,2,4,...,64)")
+    server.add_argument("--max-batch", type=int, default=64, help="the server's max_batch (default 64)")
+    server.add_argument("--soak-minutes", type=float, default=10.0, help="open/close soak length (default 10)")
+    server.set_defaults(func=run_server_bench)
 
 
-def run_engine_bench(args: argparse.Namespace) -> int:
-    from streamd.bench import batching_benchmark, machine_description, markdown_table
-    from streamd.models import prepare_model
-
-    unknown = [c for c in args.chunk_ms if c not in CHUNK_MS]
+def _sizes(chunk_ms: list[int]) -> list[tuple[int, int]] | None:
+    unknown = [c for c in chunk_ms if c not in CHUNK_MS]
     if unknown:
         print(f"--chunk-ms: unsupported {unknown}; use {sorted(CHUNK_MS)}", file=sys.stderr)
-        return 2
-    model = prepare_model(args.model, args.device, args.dtype)
+        return None
+    return [CHUNK_MS[c] for c in chunk_ms]
+
+
+def _load(args: argparse.Namespace) -> Any:
+    import torch
+
+    from streamd.models import prepare_model
+
+    torch.set_num_threads(args.threads)
+    return prepare_model(args.model, args.device, args.dtype)
+
+
+def _report(args: argparse.Namespace, model: Any, results: list[dict[str, Any]], tables: list[tuple[str, str]]) -> int:
+    """Write the JSON results, print the tables, append them to ``--markdown``."""
+    from streamd.bench import machine_description
+
     device = next(model.parameters()).device
-    rows = batching_benchmark(model, args.streams, [CHUNK_MS[c] for c in args.chunk_ms], args.seconds,
-                              sequential=not args.no_sequential)
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(device),
@@ -53,11 +90,52 @@ def run_engine_bench(args: argparse.Namespace) -> int:
         "arch": dict(model.cfg.get("streamd") or {}).get("arch", "unknown"),
         "command": "streamd " + shlex.join(sys.argv[1:]),
     }
-    Path(args.out).write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
-    table = markdown_table(rows)
-    print(table)
+    Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    text = "".join(f"\n### {title}: {meta['arch']} on {meta['device']} ({meta['dtype']})\n\n"
+                   f"{meta['date']}, {meta['machine']}; `{meta['command']}`\n\n{table}\n" for title, table in tables)
+    print(text)
     if args.markdown:
         with open(args.markdown, "a") as md:
-            md.write(f"\n### Engine: {meta['arch']} on {meta['device']} ({meta['dtype']})\n\n"
-                     f"{meta['date']}, {meta['machine']}; `{meta['command']}`\n\n{table}\n")
+            md.write(text)
     return 0
+
+
+def run_engine_bench(args: argparse.Namespace) -> int:
+    from streamd.bench import batching_benchmark, markdown_table
+
+    sizes = _sizes(args.chunk_ms)
+    if sizes is None:
+        return 2
+    model = _load(args)
+    rows = batching_benchmark(model, args.streams, sizes, args.seconds, sequential=not args.no_sequential)
+    return _report(args, model, rows, [("Engine", markdown_table(rows))])
+
+
+def run_server_bench(args: argparse.Namespace) -> int:
+    from streamd import bench_server
+
+    sizes = _sizes(args.chunk_ms)
+    unknown = set(args.scenarios) - set(SERVER_SCENARIOS)
+    if sizes is None or unknown:
+        if unknown:
+            print(f"--scenarios: unknown {sorted(unknown)}; use {','.join(SERVER_SCENARIOS)}", file=sys.stderr)
+        return 2
+    model = _load(args)
+    results: list[dict[str, Any]] = []
+    tables = []
+    if "overhead" in args.scenarios:
+        rows = [bench_server.overhead(model, args.model, size, args.streams, args.seconds, args.threads)
+                for size in sizes]
+        results += rows
+        tables.append(("Server overhead", bench_server.overhead_table(rows)))
+    if "capacity" in args.scenarios:
+        rows = [bench_server.capacity(args.model, size, args.ramp, args.seconds, args.threads, args.max_batch)
+                for size in sizes]
+        results += rows
+        tables.append(("Real-time capacity", bench_server.capacity_table(rows)))
+    if "memory" in args.scenarios:
+        row = bench_server.soak(args.model, args.soak_minutes, min(args.streams, 8), args.chunk_ms[-1], args.threads)
+        row["cache_bytes_per_stream"] = bench_server.cache_bytes_per_stream(model)
+        results.append(row)
+        tables.append(("Memory", bench_server.memory_table(row)))
+    return _report(args, model, results, tables)

@@ -64,15 +64,20 @@ def encode_offline(model: Any, audios: list[np.ndarray], att_context_size: tuple
 @torch.inference_mode()
 def transcribe_offline(model: Any, audios: list[np.ndarray], att_context_size: tuple[int, int],
                        word_timestamps: bool = True) -> list[Transcript]:
-    """Transcribe float32 mono 16 kHz utterances in one batch."""
-    if not audios:
-        return []
-    _, _, encoded, encoded_len = encode_offline(model, audios, att_context_size)
+    """Transcribe float32 mono 16 kHz utterances in one batch.
+
+    Audio without samples gets an empty transcript without reaching the model: the featurizer
+    would still make one (padding) frame of it, and a model may hear a letter in it.
+    """
+    results = [Transcript("", [], []) for _ in audios]
+    present = [i for i, audio in enumerate(audios) if len(audio)]
+    if not present:
+        return results
+    _, _, encoded, encoded_len = encode_offline(model, [audios[i] for i in present], att_context_size)
     hyps = model.decoding.rnnt_decoder_predictions_tensor(encoded, encoded_len, return_hypotheses=True)
     frame_s = frame_seconds(model)
-    results = []
-    for hyp in hyps:
+    for i, hyp in zip(present, hyps):
         tokens, frames = hypothesis_tokens(hyp), hypothesis_frames(hyp)
         words = tokens_to_words(model.tokenizer, tokens, frames, frame_s) if word_timestamps else []
-        results.append(Transcript(tokens_to_text(model.tokenizer, tokens), tokens, frames, words))
+        results[i] = Transcript(tokens_to_text(model.tokenizer, tokens), tokens, frames, words)
     return results

@@ -1,0 +1,193 @@
+"""Server benchmarks: overhead against the bare engine, real-time capacity, memory.
+
+All three drive a real ``streamd serve`` child process (:mod:`streamd.serverproc`) with real
+WebSocket clients (:mod:`clients.common`) on loopback, so what they measure is what a user gets:
+the event loop, the protocol, resampling and the engine worker together.
+
+- Overhead: the same streams as :func:`streamd.bench.run_engine`, sent as fast as the server
+  takes them, against the engine stepped directly in this process with the same thread count.
+  Added latency per message: one real-time stream's update latency through the server minus
+  the engine's own step latency for one stream.
+- Capacity: for a chunk size, ramp the number of concurrent real-time streams; a count holds
+  while the p99 update latency (audio that completes a chunk sent -> its message received)
+  stays within the chunk length. Starts are staggered over one chunk, as real clients are.
+- Memory: cache bytes per stream (from the encoder's cache shapes), server RSS idle and at the
+  largest load, and an open/close soak whose RSS slope (MiB per minute) shows any leak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clients.common import Pcm, SessionResult, percentiles, run_session
+from streamd import tones
+from streamd.bench import bench_audio, run_engine
+from streamd.serverproc import ServerProcess, start_server
+
+MIB = 1024 * 1024
+
+
+@contextmanager
+def serving(model_path: str, threads: int, **settings: Any) -> Iterator[ServerProcess]:
+    """A server for one scenario, stopped (and checked to exit cleanly) afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_server(model_path, Path(tmp) / "server.log", threads=threads, **settings)
+        try:
+            yield server
+        finally:
+            status = server.stop()
+            if status != 0:
+                raise RuntimeError(f"server exited with {status}:\n{server.log_tail()}")
+
+
+def _config(chunk_ms: int) -> dict[str, Any]:
+    return {**Pcm.from_array(np.zeros(1, np.float32), tones.SAMPLE_RATE).config(), "chunk_ms": chunk_ms,
+            "word_timestamps": False}
+
+
+async def _sessions(url: str, audios: list[np.ndarray], chunk_ms: int, realtime: bool, frame_ms: float,
+                    stagger_s: float = 0.0) -> list[SessionResult]:
+    """One session per audio, all at once; in real time, starts spread over ``stagger_s``."""
+    async def one(audio: np.ndarray, delay: float) -> SessionResult:
+        await asyncio.sleep(delay)
+        pcm = Pcm.from_array(audio, tones.SAMPLE_RATE)
+        return await run_session(url, _config(chunk_ms), pcm.replay(frame_ms, realtime))
+
+    delays = np.linspace(0.0, stagger_s, len(audios), endpoint=False)
+    return await asyncio.gather(*(one(a, float(d)) for a, d in zip(audios, delays)))
+
+
+def _update_latencies(results: list[SessionResult]) -> list[float]:
+    return [u for r in results for u in r.latency()["update_samples_s"]]
+
+
+def overhead(model: Any, model_path: str, size: tuple[int, int], streams: int, seconds: float, threads: int,
+             frame_ms: float = 20.0, seed: int = 0) -> dict[str, Any]:
+    """Throughput through the server vs the bare engine, and the latency the server adds."""
+    rng = np.random.default_rng(seed)
+    chunk_ms = (size[1] + 1) * 80
+    audios = [bench_audio(rng, seconds) for _ in range(streams)]
+    run_engine(model, [bench_audio(rng, 2.0)], size, 1)  # warm-up
+    direct = run_engine(model, audios, size, max_batch=streams)
+    alone = run_engine(model, [audios[0]], size, max_batch=1)
+    with serving(model_path, threads, max_batch=streams, max_sessions=streams + 1) as server:
+        asyncio.run(_sessions(server.url, [bench_audio(rng, 2.0)], chunk_ms, False, chunk_ms))  # warm-up
+        started = time.perf_counter()
+        asyncio.run(_sessions(server.url, audios, chunk_ms, False, chunk_ms))
+        served_s = time.perf_counter() - started
+        realtime = asyncio.run(_sessions(server.url, [audios[0]], chunk_ms, True, frame_ms))
+    latency = percentiles(_update_latencies(realtime))
+    return {
+        "scenario": "overhead", "chunk_ms": chunk_ms, "streams": streams, "seconds": seconds,
+        "engine_compute_s": round(direct.compute_s, 3), "server_wall_s": round(served_s, 3),
+        "throughput_ratio": round(direct.compute_s / served_s, 3),
+        "engine_step_p50_s": round(alone.step_p50_ms / 1000, 4),
+        "server_update_s": latency,
+        "added_latency_p50_s": round(latency["p50"] - alone.step_p50_ms / 1000, 4) if latency["p50"] else None,
+    }
+
+
+def capacity(model_path: str, size: tuple[int, int], ramp: list[int], seconds: float, threads: int,
+             max_batch: int, frame_ms: float = 20.0, seed: int = 0) -> dict[str, Any]:
+    """Concurrent real-time streams while p99 update latency stays within the chunk length."""
+    rng = np.random.default_rng(seed)
+    chunk_ms = (size[1] + 1) * 80
+    levels, holds = [], 0
+    with serving(model_path, threads, max_batch=max_batch, max_sessions=max(ramp) + 1) as server:
+        idle_rss = server.rss_bytes()
+        peak_rss = idle_rss
+        for count in ramp:
+            audios = [bench_audio(rng, seconds) for _ in range(count)]
+            results = asyncio.run(_sessions(server.url, audios, chunk_ms, True, frame_ms, stagger_s=chunk_ms / 1000))
+            peak_rss = max(peak_rss, server.rss_bytes())
+            latency = percentiles(_update_latencies(results))
+            finals = [r.latency()["final_s"] for r in results]
+            held = latency["p99"] is not None and latency["p99"] <= chunk_ms / 1000
+            levels.append({"streams": count, "update_s": latency, "final_p50_s": percentiles(finals)["p50"],
+                           "holds": held})
+            if not held:
+                break
+            holds = count
+            server.wait_idle()
+    return {"scenario": "capacity", "chunk_ms": chunk_ms, "seconds": seconds, "capacity_streams": holds,
+            "idle_rss_mib": round(idle_rss / MIB, 1), "peak_rss_mib": round(peak_rss / MIB, 1), "levels": levels}
+
+
+def cache_bytes_per_stream(model: Any) -> int:
+    """Encoder cache (attention and convolution) plus the prediction network's LSTM state."""
+    parameter = next(model.encoder.parameters())
+    caches = model.encoder.get_initial_cache_state(batch_size=1, dtype=parameter.dtype, device=parameter.device)
+    encoder = sum(c.numel() * c.element_size() for c in caches if torch.is_tensor(c))
+    decoder = model.decoder.initialize_state(torch.zeros(1, 1, dtype=parameter.dtype))
+    return encoder + sum(s.numel() * s.element_size() for s in decoder)
+
+
+def soak(model_path: str, minutes: float, streams: int, chunk_ms: int, threads: int, seed: int = 0,
+         sample_every_s: float = 5.0) -> dict[str, Any]:
+    """Sessions open and close for ``minutes`` (``streams`` at a time, 1-4 s of audio each, sent
+    as fast as accepted); RSS is sampled throughout. The slope is fitted after the first fifth,
+    which holds allocator warm-up."""
+    rng = np.random.default_rng(seed)
+    samples: list[tuple[float, int]] = []
+    sessions = 0
+    with serving(model_path, threads, max_batch=streams, max_sessions=streams + 1) as server:
+        started = time.monotonic()
+        next_sample = started
+        while (now := time.monotonic()) - started < minutes * 60:
+            if now >= next_sample:
+                samples.append((now - started, server.rss_bytes()))
+                next_sample += sample_every_s
+            audios = [bench_audio(rng, float(rng.uniform(1, 4))) for _ in range(streams)]
+            asyncio.run(_sessions(server.url, audios, chunk_ms, False, chunk_ms))
+            sessions += streams
+        samples.append((time.monotonic() - started, server.rss_bytes()))
+    t = np.array([s[0] for s in samples]) / 60
+    rss = np.array([s[1] for s in samples]) / MIB
+    settled = t >= t[-1] / 5
+    slope = float(np.polyfit(t[settled], rss[settled], 1)[0]) if settled.sum() >= 2 else None
+    return {"scenario": "soak", "minutes": minutes, "sessions": sessions, "chunk_ms": chunk_ms,
+            "rss_start_mib": round(float(rss[0]), 1), "rss_end_mib": round(float(rss[-1]), 1),
+            "rss_slope_mib_per_min": round(slope, 3) if slope is not None else None,
+            "rss_samples_mib": [round(float(x), 1) for x in rss]}
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{1000 * value:.0f}"
+
+
+def overhead_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| chunk ms | streams | engine s | server s | server/engine throughput | engine step p50 ms | "
+             "server update p50 / p99 ms | added p50 ms |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['chunk_ms']} | {r['streams']} | {r['engine_compute_s']:.2f} | {r['server_wall_s']:.2f} | "
+              f"{r['throughput_ratio']:.2f} | {_s(r['engine_step_p50_s'])} | {_s(r['server_update_s']['p50'])} / "
+              f"{_s(r['server_update_s']['p99'])} | {_s(r['added_latency_p50_s'])} |" for r in rows]
+    return "\n".join(lines)
+
+
+def capacity_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| chunk ms | real-time streams held | update p50 / p99 ms at each level tried | RSS idle / peak MiB |",
+             "|---:|---:|---|---:|"]
+    for r in rows:
+        levels = ", ".join(f"{lv['streams']}: {_s(lv['update_s']['p50'])}/{_s(lv['update_s']['p99'])}"
+                           + ("" if lv["holds"] else " (over)") for lv in r["levels"])
+        lines.append(f"| {r['chunk_ms']} | {r['capacity_streams']} | {levels} | "
+                     f"{r['idle_rss_mib']} / {r['peak_rss_mib']} |")
+    return "\n".join(lines)
+
+
+def memory_table(row: dict[str, Any]) -> str:
+    return "\n".join([
+        "| cache KiB per stream | soak minutes | sessions | RSS start / end MiB | RSS slope MiB/min |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {row['cache_bytes_per_stream'] / 1024:.1f} | {row['minutes']} | {row['sessions']} | "
+        f"{row['rss_start_mib']} / {row['rss_end_mib']} | {row['rss_slope_mib_per_min']} |",
+    ])

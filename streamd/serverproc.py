@@ -1,0 +1,106 @@
+"""``streamd serve`` as a child process on a free loopback port: for benchmarks and tests.
+
+Both need the real thing (a separate process, real sockets), started and stopped the way an
+operator would: ``key=value`` overrides, ready when ``/readyz`` answers 200, SIGTERM to stop.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or did not become ready; the message holds its log's tail."""
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def get(self, path: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+        """``GET path``: status, headers and the JSON body."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), json.loads(response.read())
+        finally:
+            connection.close()
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text()[-4000:]
+
+    def rss_bytes(self) -> int:
+        """The server process's resident memory (Linux ``/proc``)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("VmRSS not found")
+
+    def wait_idle(self, timeout: float = 30) -> None:
+        """Until no session is open (closed connections free their slot once the TCP close ends)."""
+        deadline = time.monotonic() + timeout
+        while (body := self.get("/readyz")[2])["sessions"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sessions still open: {body}")
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        """SIGTERM (finals are flushed), then the exit status; killed after 60 s."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model: str | Path, log_path: Path, ready_timeout_s: float = 300, **settings: Any) -> ServerProcess:
+    """``python -m streamd serve`` on a free port; returns once ``/readyz`` answers 200."""
+    port = free_port()
+    overrides = [f"{key}={value}" for key, value in settings.items()]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamd", "--log-format", "json", "serve", f"model={model}",
+             "host=127.0.0.1", f"port={port}", *overrides],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+    server = ServerProcess(process, port, log_path)
+    deadline = time.monotonic() + ready_timeout_s
+    while True:
+        if process.poll() is not None:
+            raise ServerStartError(f"server exited with {process.returncode}:\n{server.log_tail()}")
+        try:
+            if server.get("/readyz")[0] == 200:
+                return server
+        except OSError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            server.stop()
+            raise ServerStartError(f"server not ready after {ready_timeout_s} s:\n{server.log_tail()}")
+        time.sleep(0.3)

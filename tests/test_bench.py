@@ -1,0 +1,46 @@
+"""The benchmark commands run end to end on the tone model and report consistent numbers.
+
+Speed itself is never asserted here (that is what docs/benchmarks.md records); these tests
+check that each scenario measures what it claims: every stream finished, sums add up, the
+JSON and the markdown table agree.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import streamd_cli
+
+
+def test_engine_bench_reports_every_stream_count_and_chunk_size(tone_model_path: Path, tmp_path: Path):
+    out, md = tmp_path / "engine.json", tmp_path / "bench.md"
+    streamd_cli("bench", "engine", "--model", str(tone_model_path), "--streams", "1,3", "--chunk-ms", "160,1120",
+                "--seconds", "2", "--out", str(out), "--markdown", str(md))
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert [(r["chunk_ms"], r["streams"]) for r in rows] == [(160, 1), (160, 3), (1120, 1), (1120, 3)]
+    for row in rows:
+        assert abs(row["audio_s"] - 2.0 * row["streams"]) < 1e-6
+        assert row["rtfx"] == row["audio_s"] / row["compute_s"]
+        assert 0 < row["step_p50_ms"] <= row["step_p99_ms"]
+        assert row["tokens"] > 0  # the tone model hears the tones in the benchmark audio
+    assert all(r["batching_gain"] > 0 for r in rows if r["streams"] == 3)
+    assert report["meta"]["arch"] == "tiny" and "bench engine" in report["meta"]["command"]
+    assert md.read_text().count("| 160 |") == 2
+
+
+def test_server_bench_overhead_capacity_and_memory(tone_model_path: Path, tmp_path: Path):
+    out, md = tmp_path / "server.json", tmp_path / "bench.md"
+    streamd_cli("bench", "server", "--model", str(tone_model_path), "--chunk-ms", "1120", "--seconds", "2.5",
+                "--streams", "2", "--ramp", "1,2", "--soak-minutes", "0.2", "--out", str(out), "--markdown", str(md))
+    results = {r["scenario"]: r for r in json.loads(out.read_text())["results"]}
+    overhead, capacity, soak = results["overhead"], results["capacity"], results["soak"]
+    assert overhead["throughput_ratio"] > 0 and overhead["server_update_s"]["p50"] > 0
+    # 1120 ms chunks of a tiny model on any CPU: one and two real-time streams keep up.
+    assert capacity["capacity_streams"] == 2 and all(level["holds"] for level in capacity["levels"])
+    assert capacity["peak_rss_mib"] >= capacity["idle_rss_mib"] > 0
+    assert soak["sessions"] >= 2 and len(soak["rss_samples_mib"]) >= 2
+    assert soak["cache_bytes_per_stream"] > 0
+    text = md.read_text()
+    assert "Server overhead" in text and "Real-time capacity" in text and "Memory" in text
