@@ -33,6 +33,12 @@ class EngineRun:
     step_p50_ms: float
     step_p99_ms: float
     tokens: int
+    # Mean per step, from the engine's own StepStats: where a step's time goes. "other" is the
+    # Python bookkeeping around the model calls (batch assembly, cache slots, transcripts).
+    features_ms: float
+    encoder_ms: float
+    decoder_ms: float
+    other_ms: float
 
     @property
     def rtfx(self) -> float:
@@ -57,6 +63,7 @@ def run_engine(model: Any, audios: list[np.ndarray], size: tuple[int, int], max_
         engine.end_stream(stream_id)
     device = next(model.parameters()).device
     step_times, tokens = [], 0
+    phases = np.zeros(3)  # features, encoder, decoder seconds
     started = time.perf_counter()
     while engine.streams:
         t0 = time.perf_counter()
@@ -64,12 +71,17 @@ def run_engine(model: Any, audios: list[np.ndarray], size: tuple[int, int], max_
             tokens += sum(len(u.tokens) for u in update.finals)
         synchronize(device)
         step_times.append(time.perf_counter() - t0)
+        stats = engine.last_stats
+        phases += (stats.features_s, stats.encoder_s, stats.decoder_s)
     compute = time.perf_counter() - started
     ms = sorted(t * 1000 for t in step_times)
+    features_ms, encoder_ms, decoder_ms = (1000 * phases / len(step_times)).tolist()
     return EngineRun(
         streams=len(audios), chunk_ms=(size[1] + 1) * 80, audio_s=sum(len(a) for a in audios) / tones.SAMPLE_RATE,
         compute_s=compute, steps=len(step_times), step_p50_ms=statistics.median(ms),
         step_p99_ms=ms[min(len(ms) - 1, int(0.99 * len(ms)))], tokens=tokens,
+        features_ms=features_ms, encoder_ms=encoder_ms, decoder_ms=decoder_ms,
+        other_ms=1000 * compute / len(step_times) - features_ms - encoder_ms - decoder_ms,
     )
 
 
@@ -101,13 +113,15 @@ def machine_description(device: torch.device) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| chunk ms | streams | RTFx | step p50 ms | step p99 ms | batching gain | tokens/s |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| chunk ms | streams | RTFx | step p50 ms | step p99 ms | batching gain | tokens/s "
+        "| features / encoder / decoder / other ms per step |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         gain = f"{row['batching_gain']:.2f}x" if "batching_gain" in row else "-"
         lines.append(
             f"| {row['chunk_ms']} | {row['streams']} | {row['rtfx']:.1f} | {row['step_p50_ms']:.1f} | "
-            f"{row['step_p99_ms']:.1f} | {gain} | {row['tokens_per_s']:.0f} |"
+            f"{row['step_p99_ms']:.1f} | {gain} | {row['tokens_per_s']:.0f} | {row['features_ms']:.1f} / "
+            f"{row['encoder_ms']:.1f} / {row['decoder_ms']:.1f} / {row['other_ms']:.1f} |"
         )
     return "\n".join(lines)

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "convert",
     "align",
     "bench",
+    "tones",
 )
 
 

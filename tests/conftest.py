@@ -47,7 +47,7 @@ def _cached_model(name: str, create_args: list[str], code: tuple[str, ...]) -> P
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.partial.nemo")
-        streamd_cli("model", "create", *create_args, "--out", str(partial))
+        streamd_cli("model", "create", *create_args, "--out", str(partial), timeout=2400)
         partial.rename(path)
     return path
 

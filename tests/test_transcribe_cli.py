@@ -42,3 +42,15 @@ def test_transcribe_json_any_format_and_bad_files(tone_model_path, rng, tmp_path
         assert abs(row["audio_seconds"] - len(seq_a.audio) / 16000) < 1e-3
         assert row["compute_seconds"] > 0 and len(row["tokens"]) == len(seq_a.letters)
         assert [w["word"] for w in row["words"]] == list(seq_a.letters)
+
+
+def test_quick_start_tones_command_and_transcribe(tone_model_path, tmp_path):
+    """The README's quick start: `streamd tones caffe` spells c a f f e, the tone model hears it."""
+    wav = tmp_path / "caffe.wav"
+    streamd_cli("tones", "caffe", "--out", str(wav), "--seed", "3")
+    audio, rate = sf.read(wav)
+    assert rate == 16000 and audio.ndim == 1
+    proc = streamd_cli("transcribe", str(wav), "--model", str(tone_model_path), "--json")
+    assert json.loads(proc.stdout)["text"] == "c a f f e"
+    refused = streamd_cli("tones", "xyz", "--out", str(tmp_path / "x.wav"), check=False)
+    assert refused.returncode == 2 and "letters must be among" in refused.stderr

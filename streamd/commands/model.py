@@ -20,14 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Build a cache-aware FastConformer-RNNT. Without --train the weights are UNTRAINED: "
             "its transcripts are meaningless; use it for shape, memory and speed benchmarks. "
             "--train tones trains the tiny architecture on the synthetic tone alphabet "
-            "(letters a-h as sine tones) in about a minute on a CPU."
+            "(letters a-h as sine tones) in about five minutes on a CPU."
         ),
     )
     create.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))
     create.add_argument("--out", required=True, help="output .nemo file")
     create.add_argument("--seed", type=int, default=0, help="same seed, same weights (default 0)")
     create.add_argument("--train", choices=("tones",), help="train on a synthetic task instead of random weights")
-    create.add_argument("--steps", type=int, default=2500,
+    create.add_argument("--steps", type=int, default=1500,
                         help="maximum training steps; stops early at 100%% held-out accuracy (default 1500)")
     create.set_defaults(func=run_create)
 
