@@ -10,7 +10,12 @@ the event loop, the protocol, resampling and the engine worker together.
   the engine's own step latency for one stream.
 - Capacity: for a chunk size, ramp the number of concurrent real-time streams; a count holds
   while the p99 update latency (audio that completes a chunk sent -> its message received)
-  stays within the chunk length. Starts are staggered over one chunk, as real clients are.
+  stays within the chunk length. Starts are staggered over one chunk, as real clients are;
+  clients send 80 ms frames (at 20 ms, dozens of clients in this process would compete with the
+  server for the same cores).
+  The engine-only ceiling over the same ramp, measured first in the same run: the largest
+  batch whose p99 step time fits in one chunk (the most streams the model itself could keep up
+  with, before any networking, queueing or real-time pacing).
 - Memory: cache bytes per stream (from the encoder's cache shapes), server RSS idle and at the
   largest load, and an open/close soak whose RSS slope (MiB per minute) shows any leak.
 """
@@ -37,10 +42,10 @@ MIB = 1024 * 1024
 
 
 @contextmanager
-def serving(model_path: str, threads: int, **settings: Any) -> Iterator[ServerProcess]:
-    """A server for one scenario, stopped (and checked to exit cleanly) afterwards."""
+def serving(model_path: str, **settings: Any) -> Iterator[ServerProcess]:
+    """A server for one scenario (``key=value`` settings), stopped and checked to exit cleanly."""
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(model_path, Path(tmp) / "server.log", threads=threads, **settings)
+        server = start_server(model_path, Path(tmp) / "server.log", **settings)
         try:
             yield server
         finally:
@@ -70,8 +75,8 @@ def _update_latencies(results: list[SessionResult]) -> list[float]:
     return [u for r in results for u in r.latency()["update_samples_s"]]
 
 
-def overhead(model: Any, model_path: str, size: tuple[int, int], streams: int, seconds: float, threads: int,
-             frame_ms: float = 20.0, seed: int = 0) -> dict[str, Any]:
+def overhead(model: Any, model_path: str, size: tuple[int, int], streams: int, seconds: float,
+             settings: dict[str, Any], frame_ms: float = 20.0, seed: int = 0) -> dict[str, Any]:
     """Throughput through the server vs the bare engine, and the latency the server adds."""
     rng = np.random.default_rng(seed)
     chunk_ms = (size[1] + 1) * 80
@@ -79,7 +84,7 @@ def overhead(model: Any, model_path: str, size: tuple[int, int], streams: int, s
     run_engine(model, [bench_audio(rng, 2.0)], size, 1)  # warm-up
     direct = run_engine(model, audios, size, max_batch=streams)
     alone = run_engine(model, [audios[0]], size, max_batch=1)
-    with serving(model_path, threads, max_batch=streams, max_sessions=streams + 1) as server:
+    with serving(model_path, **settings, max_batch=streams, max_sessions=streams + 1) as server:
         asyncio.run(_sessions(server.url, [bench_audio(rng, 2.0)], chunk_ms, False, chunk_ms))  # warm-up
         started = time.perf_counter()
         asyncio.run(_sessions(server.url, audios, chunk_ms, False, chunk_ms))
@@ -96,13 +101,30 @@ def overhead(model: Any, model_path: str, size: tuple[int, int], streams: int, s
     }
 
 
-def capacity(model_path: str, size: tuple[int, int], ramp: list[int], seconds: float, threads: int,
-             max_batch: int, frame_ms: float = 20.0, seed: int = 0) -> dict[str, Any]:
-    """Concurrent real-time streams while p99 update latency stays within the chunk length."""
+def engine_ceiling(model: Any, size: tuple[int, int], ramp: list[int], seconds: float,
+                   rng: np.random.Generator) -> tuple[int, list[dict[str, Any]]]:
+    """The largest stream count of ``ramp`` whose batched p99 step time fits in one chunk."""
+    chunk_ms = (size[1] + 1) * 80
+    run_engine(model, [bench_audio(rng, 2.0)], size, 1)  # warm-up
+    ceiling, tried = 0, []
+    for count in ramp:
+        run = run_engine(model, [bench_audio(rng, seconds) for _ in range(count)], size, max_batch=count)
+        tried.append({"streams": count, "step_p99_ms": round(run.step_p99_ms, 1)})
+        if run.step_p99_ms > chunk_ms:
+            break
+        ceiling = count
+    return ceiling, tried
+
+
+def capacity(model: Any, model_path: str, size: tuple[int, int], ramp: list[int], seconds: float,
+             settings: dict[str, Any], max_batch: int, frame_ms: float = 80.0, seed: int = 0) -> dict[str, Any]:
+    """Concurrent real-time streams while p99 update latency stays within the chunk length,
+    and the engine-only ceiling it is measured against."""
     rng = np.random.default_rng(seed)
     chunk_ms = (size[1] + 1) * 80
+    ceiling, engine_levels = engine_ceiling(model, size, ramp, seconds, rng)
     levels, holds = [], 0
-    with serving(model_path, threads, max_batch=max_batch, max_sessions=max(ramp) + 1) as server:
+    with serving(model_path, **settings, max_batch=max_batch, max_sessions=max(ramp) + 1) as server:
         idle_rss = server.rss_bytes()
         peak_rss = idle_rss
         for count in ramp:
@@ -119,6 +141,8 @@ def capacity(model_path: str, size: tuple[int, int], ramp: list[int], seconds: f
             holds = count
             server.wait_idle()
     return {"scenario": "capacity", "chunk_ms": chunk_ms, "seconds": seconds, "capacity_streams": holds,
+            "engine_ceiling_streams": ceiling, "engine_levels": engine_levels,
+            "capacity_vs_ceiling": round(holds / ceiling, 3) if ceiling else None,
             "idle_rss_mib": round(idle_rss / MIB, 1), "peak_rss_mib": round(peak_rss / MIB, 1), "levels": levels}
 
 
@@ -131,7 +155,7 @@ def cache_bytes_per_stream(model: Any) -> int:
     return encoder + sum(s.numel() * s.element_size() for s in decoder)
 
 
-def soak(model_path: str, minutes: float, streams: int, chunk_ms: int, threads: int, seed: int = 0,
+def soak(model_path: str, minutes: float, streams: int, chunk_ms: int, settings: dict[str, Any], seed: int = 0,
          sample_every_s: float = 5.0) -> dict[str, Any]:
     """Sessions open and close for ``minutes`` (``streams`` at a time, 1-4 s of audio each, sent
     as fast as accepted); RSS is sampled throughout. The slope is fitted after the first fifth,
@@ -139,7 +163,7 @@ def soak(model_path: str, minutes: float, streams: int, chunk_ms: int, threads: 
     rng = np.random.default_rng(seed)
     samples: list[tuple[float, int]] = []
     sessions = 0
-    with serving(model_path, threads, max_batch=streams, max_sessions=streams + 1) as server:
+    with serving(model_path, **settings, max_batch=streams, max_sessions=streams + 1) as server:
         started = time.monotonic()
         next_sample = started
         while (now := time.monotonic()) - started < minutes * 60:
@@ -174,13 +198,15 @@ def overhead_table(rows: list[dict[str, Any]]) -> str:
 
 
 def capacity_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| chunk ms | real-time streams held | update p50 / p99 ms at each level tried | RSS idle / peak MiB |",
-             "|---:|---:|---|---:|"]
+    lines = ["| chunk ms | real-time streams held | engine-only ceiling | held / ceiling "
+             "| update p50 / p99 ms at each level tried | RSS idle / peak MiB |",
+             "|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         levels = ", ".join(f"{lv['streams']}: {_s(lv['update_s']['p50'])}/{_s(lv['update_s']['p99'])}"
                            + ("" if lv["holds"] else " (over)") for lv in r["levels"])
-        lines.append(f"| {r['chunk_ms']} | {r['capacity_streams']} | {levels} | "
-                     f"{r['idle_rss_mib']} / {r['peak_rss_mib']} |")
+        ratio = "-" if r["capacity_vs_ceiling"] is None else f"{r['capacity_vs_ceiling']:.2f}"
+        lines.append(f"| {r['chunk_ms']} | {r['capacity_streams']} | {r['engine_ceiling_streams']} | {ratio} | "
+                     f"{levels} | {r['idle_rss_mib']} / {r['peak_rss_mib']} |")
     return "\n".join(lines)
 
 

@@ -40,6 +40,7 @@ def test_server_bench_overhead_capacity_and_memory(tone_model_path: Path, tmp_pa
     assert overhead["throughput_ratio"] > 0 and overhead["server_update_s"]["p50"] > 0
     # 1120 ms chunks of a tiny model on any CPU: one and two real-time streams keep up.
     assert capacity["capacity_streams"] == 2 and all(level["holds"] for level in capacity["levels"])
+    assert capacity["engine_ceiling_streams"] == 2 and capacity["capacity_vs_ceiling"] == 1.0
     assert capacity["peak_rss_mib"] >= capacity["idle_rss_mib"] > 0
     assert soak["sessions"] >= 2 and len(soak["rss_samples_mib"]) >= 2
     assert soak["cache_bytes_per_stream"] > 0

@@ -121,20 +121,22 @@ def run_server_bench(args: argparse.Namespace) -> int:
             print(f"--scenarios: unknown {sorted(unknown)}; use {','.join(SERVER_SCENARIOS)}", file=sys.stderr)
         return 2
     model = _load(args)
+    settings = {"threads": args.threads, "device": args.device, "dtype": args.dtype}
     results: list[dict[str, Any]] = []
     tables = []
     if "overhead" in args.scenarios:
-        rows = [bench_server.overhead(model, args.model, size, args.streams, args.seconds, args.threads)
+        rows = [bench_server.overhead(model, args.model, size, args.streams, args.seconds, settings)
                 for size in sizes]
         results += rows
         tables.append(("Server overhead", bench_server.overhead_table(rows)))
     if "capacity" in args.scenarios:
-        rows = [bench_server.capacity(args.model, size, args.ramp, args.seconds, args.threads, args.max_batch)
+        rows = [bench_server.capacity(model, args.model, size, args.ramp, args.seconds, settings,
+                                        args.max_batch)
                 for size in sizes]
         results += rows
         tables.append(("Real-time capacity", bench_server.capacity_table(rows)))
     if "memory" in args.scenarios:
-        row = bench_server.soak(args.model, args.soak_minutes, min(args.streams, 8), args.chunk_ms[-1], args.threads)
+        row = bench_server.soak(args.model, args.soak_minutes, min(args.streams, 8), args.chunk_ms[-1], settings)
         row["cache_bytes_per_stream"] = bench_server.cache_bytes_per_stream(model)
         results.append(row)
         tables.append(("Memory", bench_server.memory_table(row)))
