@@ -1,13 +1,15 @@
 """Engine benchmarks: throughput (RTFx), per-step latency, and the gain from batching.
 
-Each measurement feeds ``streams`` streams of ``seconds`` of audio all at once and steps the
-engine until every stream has its final: the engine then runs at full occupancy, one chunk per
-stream per step, which is its throughput ceiling. The same streams run one after another give
-the sequential baseline; their ratio is the batching gain.
+Each measurement runs ``streams`` streams of ``seconds`` of audio together, giving every stream
+its next chunk of audio before each step, and steps the engine until every stream has its
+final: the engine then runs at full occupancy, one chunk per stream per step, which is its
+throughput ceiling. The same streams run one after another give the sequential baseline; their
+ratio is the batching gain.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -55,17 +57,23 @@ def bench_audio(rng: np.random.Generator, seconds: float) -> np.ndarray:
 
 
 def run_engine(model: Any, audios: list[np.ndarray], size: tuple[int, int], max_batch: int) -> EngineRun:
-    """Feed all streams at once and step to the end; time every step."""
+    """Step all streams to their end, each receiving one chunk of audio before every step (as
+    fast as the engine goes, but in the pieces a live stream delivers); time every step."""
     engine = StreamingEngine(model, max_batch=max_batch, max_streams=len(audios))
     ids = [engine.open_stream(StreamOptions(att_context_size=size, word_timestamps=False)) for _ in audios]
-    for stream_id, audio in zip(ids, audios):
-        engine.push_audio(stream_id, audio)
-        engine.end_stream(stream_id)
+    chunk = (size[1] + 1) * round(engine.sample_rate * engine.frame_s)  # samples of R + 1 encoder frames
+    cursors = [0] * len(audios)
     device = next(model.parameters()).device
     step_times, tokens = [], 0
     phases = np.zeros(3)  # features, encoder, decoder seconds
     started = time.perf_counter()
     while engine.streams:
+        for i, (stream_id, audio) in enumerate(zip(ids, audios)):
+            if cursors[i] < len(audio):
+                engine.push_audio(stream_id, audio[cursors[i] : cursors[i] + chunk])
+                cursors[i] += chunk
+                if cursors[i] >= len(audio):
+                    engine.end_stream(stream_id)
         t0 = time.perf_counter()
         for update in engine.step():
             tokens += sum(len(u.tokens) for u in update.finals)
@@ -108,7 +116,19 @@ def batching_benchmark(model: Any, stream_counts: list[int], sizes: list[tuple[i
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
