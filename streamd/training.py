@@ -12,6 +12,7 @@ The encoder picks one of its four att_context_sizes at random on every training 
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -188,6 +189,10 @@ def train_tone_model(seed: int = 0, steps: int = 1500, batch_size: int = 16, lr:
 def _train(seed: int, steps: int, batch_size: int, lr: float, target_accuracy: float, eval_every: int,
            eval_count: int) -> Any:
     torch.manual_seed(seed)
+    # NeMo's encoder draws each forward's att_context_size with Python's `random`: unseeded,
+    # two runs with the same seed trained different models (seen: one passed every test, the
+    # next dropped a tone of "d d d d" in one).
+    random.seed(seed)
     rng = np.random.default_rng(seed)
     model = build_model("tiny", corpus=tones.transcript_corpus(), seed=seed)
     model.train()
