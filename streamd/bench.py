@@ -56,6 +56,16 @@ def bench_audio(rng: np.random.Generator, seconds: float) -> np.ndarray:
     return np.concatenate(pieces)[: int(seconds * tones.SAMPLE_RATE)]
 
 
+def chunk_length_ms(size: tuple[int, int]) -> int:
+    """The chunk length of an att_context_size: R + 1 encoder frames of 80 ms."""
+    return (size[1] + 1) * 80
+
+
+def warm_up(model: Any, size: tuple[int, int], rng: np.random.Generator) -> None:
+    """One short stream first, so allocator growth and first-call costs stay out of the timings."""
+    run_engine(model, [bench_audio(rng, 2.0)], size, 1)
+
+
 def run_engine(model: Any, audios: list[np.ndarray], size: tuple[int, int], max_batch: int) -> EngineRun:
     """Step all streams to their end, each receiving one chunk of audio before every step (as
     fast as the engine goes, but in the pieces a live stream delivers); time every step."""
@@ -85,7 +95,7 @@ def run_engine(model: Any, audios: list[np.ndarray], size: tuple[int, int], max_
     ms = sorted(t * 1000 for t in step_times)
     features_ms, encoder_ms, decoder_ms = (1000 * phases / len(step_times)).tolist()
     return EngineRun(
-        streams=len(audios), chunk_ms=(size[1] + 1) * 80, audio_s=sum(len(a) for a in audios) / tones.SAMPLE_RATE,
+        streams=len(audios), chunk_ms=chunk_length_ms(size), audio_s=sum(len(a) for a in audios) / tones.SAMPLE_RATE,
         compute_s=compute, steps=len(step_times), step_p50_ms=statistics.median(ms),
         step_p99_ms=ms[min(len(ms) - 1, int(0.99 * len(ms)))], tokens=tokens,
         features_ms=features_ms, encoder_ms=encoder_ms, decoder_ms=decoder_ms,
@@ -99,7 +109,7 @@ def batching_benchmark(model: Any, stream_counts: list[int], sizes: list[tuple[i
     rng = np.random.default_rng(seed)
     results = []
     for size in sizes:
-        run_engine(model, [bench_audio(rng, 2.0)], size, 1)  # warm-up: allocator, kernels
+        warm_up(model, size, rng)
         for count in stream_counts:
             audios = [bench_audio(rng, seconds) for _ in range(count)]
             batched = run_engine(model, audios, size, max_batch=count)

@@ -35,7 +35,7 @@ import torch
 
 from clients.common import Pcm, SessionResult, percentiles, run_session
 from streamd import tones
-from streamd.bench import bench_audio, run_engine
+from streamd.bench import bench_audio, chunk_length_ms, run_engine, warm_up
 from streamd.serverproc import ServerProcess, start_server
 
 MIB = 1024 * 1024
@@ -54,18 +54,14 @@ def serving(model_path: str, **settings: Any) -> Iterator[ServerProcess]:
                 raise RuntimeError(f"server exited with {status}:\n{server.log_tail()}")
 
 
-def _config(chunk_ms: int) -> dict[str, Any]:
-    return {**Pcm.from_array(np.zeros(1, np.float32), tones.SAMPLE_RATE).config(), "chunk_ms": chunk_ms,
-            "word_timestamps": False}
-
-
 async def _sessions(url: str, audios: list[np.ndarray], chunk_ms: int, realtime: bool, frame_ms: float,
                     stagger_s: float = 0.0) -> list[SessionResult]:
     """One session per audio, all at once; in real time, starts spread over ``stagger_s``."""
     async def one(audio: np.ndarray, delay: float) -> SessionResult:
         await asyncio.sleep(delay)
         pcm = Pcm.from_array(audio, tones.SAMPLE_RATE)
-        return await run_session(url, _config(chunk_ms), pcm.replay(frame_ms, realtime))
+        config = {**pcm.config(), "chunk_ms": chunk_ms, "word_timestamps": False}
+        return await run_session(url, config, pcm.replay(frame_ms, realtime))
 
     delays = np.linspace(0.0, stagger_s, len(audios), endpoint=False)
     return await asyncio.gather(*(one(a, float(d)) for a, d in zip(audios, delays)))
@@ -79,9 +75,9 @@ def overhead(model: Any, model_path: str, size: tuple[int, int], streams: int, s
              settings: dict[str, Any], frame_ms: float = 20.0, seed: int = 0) -> dict[str, Any]:
     """Throughput through the server vs the bare engine, and the latency the server adds."""
     rng = np.random.default_rng(seed)
-    chunk_ms = (size[1] + 1) * 80
+    chunk_ms = chunk_length_ms(size)
     audios = [bench_audio(rng, seconds) for _ in range(streams)]
-    run_engine(model, [bench_audio(rng, 2.0)], size, 1)  # warm-up
+    warm_up(model, size, rng)
     direct = run_engine(model, audios, size, max_batch=streams)
     alone = run_engine(model, [audios[0]], size, max_batch=1)
     with serving(model_path, **settings, max_batch=streams, max_sessions=streams + 1) as server:
@@ -104,8 +100,8 @@ def overhead(model: Any, model_path: str, size: tuple[int, int], streams: int, s
 def engine_ceiling(model: Any, size: tuple[int, int], ramp: list[int], seconds: float,
                    rng: np.random.Generator) -> tuple[int, list[dict[str, Any]]]:
     """The largest stream count of ``ramp`` whose batched p99 step time fits in one chunk."""
-    chunk_ms = (size[1] + 1) * 80
-    run_engine(model, [bench_audio(rng, 2.0)], size, 1)  # warm-up
+    chunk_ms = chunk_length_ms(size)
+    warm_up(model, size, rng)
     ceiling, tried = 0, []
     for count in ramp:
         run = run_engine(model, [bench_audio(rng, seconds) for _ in range(count)], size, max_batch=count)
@@ -121,7 +117,7 @@ def capacity(model: Any, model_path: str, size: tuple[int, int], ramp: list[int]
     """Concurrent real-time streams while p99 update latency stays within the chunk length,
     and the engine-only ceiling it is measured against."""
     rng = np.random.default_rng(seed)
-    chunk_ms = (size[1] + 1) * 80
+    chunk_ms = chunk_length_ms(size)
     ceiling, engine_levels = engine_ceiling(model, size, ramp, seconds, rng)
     levels, holds = [], 0
     with serving(model_path, **settings, max_batch=max_batch, max_sessions=max(ramp) + 1) as server:
