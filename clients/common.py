@@ -141,6 +141,8 @@ class SessionResult:
         return {
             "first_partial_s": (round(self.partials[0]["received_s"] - first_audio, 4)
                                 if self.partials and first_audio is not None else None),
+            # how much audio the server had decoded when it produced the first partial
+            "first_partial_audio_s": self.partials[0]["audio_seconds"] if self.partials else None,
             "final_s": (round(self.finals[-1]["received_s"] - self.eof_sent_s, 4)
                         if self.finals and self.eof_sent_s is not None else None),
             "updates": len(updates),
@@ -157,7 +159,7 @@ async def run_session(url: str, config: dict[str, Any], frames: AsyncIterator[tu
     """
     result = SessionResult()
     try:
-        async with connect(url, max_size=None, open_timeout=30) as ws:
+        async with connect(url, max_size=None, open_timeout=30, compression=None) as ws:
             opened = time.monotonic()
             await ws.send(protocol.config(**config))
             sender = asyncio.create_task(_send_audio(ws, frames, result, opened))

@@ -24,7 +24,8 @@ class AudioError(ValueError):
 def downmix(samples: np.ndarray) -> np.ndarray:
     """``[n]`` or ``[n, channels]`` -> float32 mono by averaging channels."""
     if samples.ndim == 2:
-        samples = samples.mean(axis=1)
+        # One channel is a view, not a mean: the server decodes every frame of every client.
+        samples = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1)
     return samples.astype(np.float32, copy=False)
 
 

@@ -11,7 +11,6 @@ import itertools
 import json
 import math
 import operator
-import string
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,7 @@ from conftest import streamd_cli
 from streamd.commands import align as align_command
 from streamd.offline.aligner import CharVocabulary, align_tokens, forced_align
 
-pytest_plugins = ["conftest_whisper"]
-
-MMS_STYLE_VOCAB = ["<blank>", "<pad>", "</s>", "<unk>", "|", *string.ascii_lowercase, "'"]
+pytest_plugins = ["conftest_offline"]
 
 
 def random_log_probs(rng: np.random.Generator, frames: int, vocab: int) -> np.ndarray:
@@ -114,35 +111,6 @@ def test_align_tokens_repeated_letter_across_words_needs_no_blank() -> None:
     vocab = CharVocabulary({"<blank>": 0, "a": 1, "|": 2}, blank=0, delimiter="|")
     alignment = align_tokens(peaked_log_probs([1, 2, 1], 3), vocab, "a a", frame_seconds=0.02)
     assert [(s.label, s.start_frame) for s in alignment.tokens] == [("a", 0), ("|", 1), ("a", 2)]
-
-
-@pytest.fixture(scope="module")
-def untrained_aligner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny UNTRAINED Wav2Vec2ForCTC (20 ms frames) with an MMS-style character vocabulary."""
-    import torch
-    from transformers import (
-        Wav2Vec2Config,
-        Wav2Vec2CTCTokenizer,
-        Wav2Vec2FeatureExtractor,
-        Wav2Vec2ForCTC,
-        Wav2Vec2Processor,
-    )
-
-    out = tmp_path_factory.mktemp("aligner")
-    (out / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(MMS_STYLE_VOCAB)}))
-    tokenizer = Wav2Vec2CTCTokenizer(str(out / "vocab.json"), pad_token="<blank>", unk_token="<unk>",
-                                     word_delimiter_token="|", bos_token=None, eos_token=None)
-    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                                         do_normalize=True, return_attention_mask=True)
-    config = Wav2Vec2Config(vocab_size=len(MMS_STYLE_VOCAB), pad_token_id=0, hidden_size=32,
-                            num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                            conv_dim=(16,) * 7,
-                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-                            do_stable_layer_norm=True, feat_extract_norm="layer")
-    torch.manual_seed(0)
-    Wav2Vec2ForCTC(config).save_pretrained(out)
-    Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
-    return out
 
 
 def test_untrained_aligner_refuses_audio_too_short_to_align(untrained_aligner_dir: Path, tmp_path: Path,

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import soundfile as sf
 from conftest import streamd_cli
+
+pytest_plugins = ["conftest_offline"]
 
 
 def test_engine_bench_reports_every_stream_count_and_chunk_size(tone_model_path: Path, tmp_path: Path):
@@ -34,15 +37,48 @@ def test_engine_bench_reports_every_stream_count_and_chunk_size(tone_model_path:
 def test_server_bench_overhead_capacity_and_memory(tone_model_path: Path, tmp_path: Path):
     out, md = tmp_path / "server.json", tmp_path / "bench.md"
     streamd_cli("bench", "server", "--model", str(tone_model_path), "--chunk-ms", "1120", "--seconds", "2.5",
-                "--streams", "2", "--ramp", "1,2", "--soak-minutes", "0.2", "--out", str(out), "--markdown", str(md))
+                "--streams", "2", "--repeats", "2", "--ramp", "1,2", "--soak-minutes", "0.2", "--out", str(out),
+                "--markdown", str(md))
     results = {r["scenario"]: r for r in json.loads(out.read_text())["results"]}
     overhead, capacity, soak = results["overhead"], results["capacity"], results["soak"]
     assert overhead["throughput_ratio"] > 0 and overhead["server_update_s"]["p50"] > 0
+    assert len(overhead["engine_compute_s"]) == len(overhead["server_wall_s"]) == 2
     # 1120 ms chunks of a tiny model on any CPU: one and two real-time streams keep up.
     assert capacity["capacity_streams"] == 2 and all(level["holds"] for level in capacity["levels"])
+    assert capacity["aligned_capacity_streams"] == 2 and all(lv["holds"] for lv in capacity["aligned_levels"])
     assert capacity["engine_ceiling_streams"] == 2 and capacity["capacity_vs_ceiling"] == 1.0
     assert capacity["peak_rss_mib"] >= capacity["idle_rss_mib"] > 0
     assert soak["sessions"] >= 2 and len(soak["rss_samples_mib"]) >= 2
     assert soak["cache_bytes_per_stream"] > 0
     text = md.read_text()
     assert "Server overhead" in text and "Real-time capacity" in text and "Memory" in text
+
+
+def test_offline_bench_times_whisper_and_aligner_on_each_side(tiny_en_dir: Path, untrained_aligner_dir: Path,
+                                                              speech, tmp_path: Path):
+    out, md = tmp_path / "offline.json", tmp_path / "bench.md"
+    streamd_cli("bench", "offline", "--whisper", str(tiny_en_dir), "--aligner", str(untrained_aligner_dir),
+                "--audio", str(speech.path), "--transcript", speech.text, "--side", "device=cpu,dtype=float32",
+                "--side", "device=cpu,dtype=bfloat16", "--warmup", "0", "--runs", "1", "--out", str(out),
+                "--markdown", str(md))
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["model"], r["dtype"]) for r in rows] == [
+        ("whisper", "float32"), ("whisper", "bfloat16"), ("aligner", "float32"), ("aligner", "bfloat16")]
+    duration = sf.info(str(speech.path)).duration
+    for row in rows:
+        assert abs(row["audio_s"] - duration) < 0.01
+    for row in rows[:2]:
+        # generation runs the encoder and then the decoder, token by token
+        assert 0 < row["encoder_mean_s"] < row["generate_mean_s"]
+        assert row["generate_rtf"] == row["generate_mean_s"] / row["audio_s"]
+        # tiny.en transcribes the sentence: at least one token per spoken word
+        assert row["generated_tokens"] >= len(speech.text.split())
+    for row in rows[2:]:
+        assert row["forward_mean_s"] > 0 and row["align_s"] > 0
+        assert row["forward_rtf"] == row["forward_mean_s"] / row["audio_s"]
+    assert md.read_text().count("| cpu |") == 4
+
+
+def test_offline_bench_needs_a_model(tmp_path: Path):
+    proc = streamd_cli("bench", "offline", "--audio", "a.wav", "--out", str(tmp_path / "o.json"), check=False)
+    assert proc.returncode == 2 and "give --whisper DIR and/or --aligner DIR" in proc.stderr

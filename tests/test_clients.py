@@ -54,7 +54,7 @@ def test_latency_figures_follow_their_definitions():
     )
     assert result.sent_at(0.16) == 0.18 and result.sent_at(0.2395) == 0.26 and result.sent_at(9.0) == 0.34
     latency = result.latency()
-    assert latency["first_partial_s"] == pytest.approx(0.25 - 0.10)
+    assert latency["first_partial_s"] == pytest.approx(0.25 - 0.10) and latency["first_partial_audio_s"] == 0.16
     assert latency["final_s"] == pytest.approx(0.70 - 0.50)
     assert latency["updates"] == 2 and latency["update_samples_s"] == pytest.approx([0.07, 0.06])
 

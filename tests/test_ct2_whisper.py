@@ -14,7 +14,7 @@ import torch
 from streamd.commands.convert import run_ct2_whisper
 from streamd.offline.ct2_whisper import Ct2FormatError, read_model_bin
 
-pytest_plugins = ["conftest_whisper"]
+pytest_plugins = ["conftest_offline"]
 
 TYPE_IDS = {"float32": 0, "int8": 1, "int16": 2, "int32": 3, "float16": 4, "bfloat16": 5}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import streamd_cli
 
-pytest_plugins = ["conftest_whisper"]
+pytest_plugins = ["conftest_offline"]
 
 # The thresholds documented in docs/parity.md, restated here so the test is an independent judge.
 SPEC = {

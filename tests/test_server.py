@@ -121,6 +121,17 @@ def test_probes_answer_json(server: ServerProcess):
     assert body["status"] == "ready" and body["max_sessions"] == LIMITS["max_sessions"]
 
 
+def test_compression_offered_by_a_client_is_declined(server: ServerProcess):
+    async def extensions() -> tuple[str | None, str | None]:
+        async with connect(server.url) as ws:  # websockets offers permessage-deflate by default
+            return ws.request.headers.get("Sec-WebSocket-Extensions"), ws.response.headers.get(
+                "Sec-WebSocket-Extensions")
+
+    offered, accepted = asyncio.run(extensions())
+    assert offered is not None and "permessage-deflate" in offered
+    assert accepted is None
+
+
 def test_upgrade_beyond_max_sessions_gets_503_with_retry_after(server: ServerProcess):
     server.wait_idle()
 
@@ -410,6 +421,11 @@ def test_latency_client_writes_sane_reports(server: ServerProcess, tmp_path: Pat
         assert chunk["texts"] == [sequence.text]
         for key in ("first_partial_s", "final_s"):
             assert chunk[key]["p50"] is not None and chunk[key]["p50"] >= 0
+        # causality in real time: the first partial cannot come before the audio it decoded was
+        # sent (less the first 80 ms frame, sent at once)
+        first_audio = chunk["first_partial_audio_s"]["p50"]
+        assert 0 < first_audio <= report["audio_seconds"]
+        assert chunk["first_partial_s"]["p50"] >= first_audio - 0.08
         update = chunk["update_s"]
         if chunk["updates"]:
             assert 0 <= update["p50"] <= update["p90"] <= update["p99"]

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from streamd.offline.whisper import transcribe_files
 
-pytest_plugins = ["conftest_whisper"]
+pytest_plugins = ["conftest_offline"]
 
 # Robotic voice: allow a few recognition errors, far fewer than a broken model would make.
 MAX_WER = 0.25

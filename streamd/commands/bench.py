@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from streamd.commands.parity import side_arg
 from streamd.commands.transcribe import CHUNK_MS
 
 SERVER_SCENARIOS = ("overhead", "capacity", "memory")
@@ -52,11 +53,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     server.add_argument("--scenarios", type=_words, default=list(SERVER_SCENARIOS),
                         help=f"comma list of {','.join(SERVER_SCENARIOS)} (default all)")
     server.add_argument("--streams", type=int, default=16, help="streams for the overhead scenario (default 16)")
+    server.add_argument("--repeats", type=int, default=5,
+                        help="engine/server run pairs in the overhead scenario; the ratio is their median (default 5)")
     server.add_argument("--ramp", type=_ints, default=[1, 2, 4, 8, 16, 32, 64],
                         help="stream counts the capacity scenario tries, in order (default 1,2,4,...,64)")
     server.add_argument("--max-batch", type=int, default=64, help="the server's max_batch (default 64)")
     server.add_argument("--soak-minutes", type=float, default=10.0, help="open/close soak length (default 10)")
     server.set_defaults(func=run_server_bench)
+    offline = kinds.add_parser("offline", help="Whisper encoder/generate and aligner forward/alignment times "
+                               "per device and dtype")
+    offline.add_argument("--whisper", help="transformers Whisper directory (e.g. from streamd convert ct2-whisper)")
+    offline.add_argument("--aligner", help="transformers Wav2Vec2ForCTC directory (MMS forced-aligner layout)")
+    offline.add_argument("--transcript", action="append", default=[],
+                         help="aligner text: once for all files, or once per --audio file in order")
+    offline.add_argument("--audio", nargs="+", required=True, metavar="FILE", help="audio files")
+    offline.add_argument("--side", type=side_arg, action="append", metavar="device=D,dtype=T",
+                         help="a device and dtype to time, repeatable (default device=cpu,dtype=float32)")
+    offline.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    offline.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default 1)")
+    offline.add_argument("--runs", type=int, default=3, help="timed runs, averaged (default 3)")
+    offline.add_argument("--out", required=True, help="JSON results file")
+    offline.add_argument("--markdown", help="append the table, with machine/date/command, to this file")
+    offline.set_defaults(func=run_offline_bench)
 
 
 def _sizes(chunk_ms: list[int]) -> list[tuple[int, int]] | None:
@@ -76,22 +94,23 @@ def _load(args: argparse.Namespace) -> Any:
     return prepare_model(args.model, args.device, args.dtype)
 
 
-def _report(args: argparse.Namespace, model: Any, results: list[dict[str, Any]], tables: list[tuple[str, str]]) -> int:
-    """Write the JSON results, print the tables, append them to ``--markdown``."""
+def _model_meta(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """What a streaming benchmark ran on: one model, one device and dtype."""
     from streamd.bench import machine_description
 
     device = next(model.parameters()).device
-    meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_description(device),
-        "device": str(device),
-        "dtype": args.dtype,
-        "model": args.model,
-        "arch": dict(model.cfg.get("streamd") or {}).get("arch", "unknown"),
-        "command": "streamd " + shlex.join(sys.argv[1:]),
-    }
+    arch = dict(model.cfg.get("streamd") or {}).get("arch", "unknown")
+    return {"machine": machine_description(device), "device": str(device), "dtype": args.dtype,
+            "model": args.model, "arch": arch, "title": f"{arch} on {device} ({args.dtype})"}
+
+
+def _report(args: argparse.Namespace, meta: dict[str, Any], results: list[dict[str, Any]],
+            tables: list[tuple[str, str]]) -> int:
+    """Write the JSON results, print the tables, append them to ``--markdown``."""
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **meta,
+            "command": "streamd " + shlex.join(sys.argv[1:])}
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    text = "".join(f"\n### {title}: {meta['arch']} on {meta['device']} ({meta['dtype']})\n\n"
+    text = "".join(f"\n### {title}: {meta['title']}\n\n"
                    f"{meta['date']}, {meta['machine']}; `{meta['command']}`\n\n{table}\n" for title, table in tables)
     print(text)
     if args.markdown:
@@ -108,7 +127,7 @@ def run_engine_bench(args: argparse.Namespace) -> int:
         return 2
     model = _load(args)
     rows = batching_benchmark(model, args.streams, sizes, args.seconds, sequential=not args.no_sequential)
-    return _report(args, model, rows, [("Engine", markdown_table(rows))])
+    return _report(args, _model_meta(args, model), rows, [("Engine", markdown_table(rows))])
 
 
 def run_server_bench(args: argparse.Namespace) -> int:
@@ -125,7 +144,8 @@ def run_server_bench(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     tables = []
     if "overhead" in args.scenarios:
-        rows = [bench_server.overhead(model, args.model, size, args.streams, args.seconds, settings)
+        rows = [bench_server.overhead(model, args.model, size, args.streams, args.seconds, settings,
+                                        repeats=args.repeats)
                 for size in sizes]
         results += rows
         tables.append(("Server overhead", bench_server.overhead_table(rows)))
@@ -140,4 +160,36 @@ def run_server_bench(args: argparse.Namespace) -> int:
         row["cache_bytes_per_stream"] = bench_server.cache_bytes_per_stream(model)
         results.append(row)
         tables.append(("Memory", bench_server.memory_table(row)))
-    return _report(args, model, results, tables)
+    return _report(args, _model_meta(args, model), results, tables)
+
+
+def run_offline_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from streamd import bench_offline
+    from streamd.bench import machine_description
+    from streamd.devices import DeviceError
+    from streamd.offline.report import SideSpec
+
+    if not (args.whisper or args.aligner):
+        print("streamd bench offline: give --whisper DIR and/or --aligner DIR", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sides = args.side or [SideSpec()]
+    try:
+        rows = []
+        if args.whisper:
+            rows += bench_offline.whisper_rows(args.whisper, args.audio, sides, args.warmup, args.runs)
+        if args.aligner:
+            rows += bench_offline.aligner_rows(args.aligner, args.audio, args.transcript, sides, args.warmup,
+                                               args.runs)
+    except (DeviceError, ValueError, OSError) as exc:
+        print(f"streamd bench offline: {exc}", file=sys.stderr)
+        return 2
+    gpu = next((torch.device(s.device) for s in sides if s.device.startswith("cuda")), None)
+    machine = machine_description(torch.device("cpu")) + (f"; {machine_description(gpu)}" if gpu else "")
+    meta = {"machine": machine, "whisper": args.whisper, "aligner": args.aligner, "audio": args.audio,
+            "sides": [f"device={s.device},dtype={s.dtype}" for s in sides],
+            "title": "Whisper and aligner, " + "; ".join(f"{s.device} {s.dtype}" for s in sides)}
+    return _report(args, meta, rows, [("Offline", bench_offline.offline_table(rows))])

@@ -44,9 +44,7 @@ def _aligner_arguments(parser: argparse.ArgumentParser) -> None:
 def _aligner(args: argparse.Namespace) -> tuple[SideRunner, Comparator]:
     from streamd.offline import aligner
 
-    transcripts = args.transcript * len(args.audio) if len(args.transcript) == 1 else args.transcript
-    if len(transcripts) != len(args.audio):
-        raise ValueError(f"give one --transcript, or one per audio file ({len(args.audio)})")
+    transcripts = aligner.transcripts_per_file(args.transcript, args.audio)
     return aligner.parity_side(args.model, args.audio, transcripts, args.warmup, args.runs), aligner.compare
 
 
@@ -80,7 +78,8 @@ def _runs(text: str) -> int:
     return int(text)
 
 
-def _side(text: str) -> SideSpec:
+def side_arg(text: str) -> SideSpec:
+    """argparse type for ``device=D,dtype=T`` (also used by ``streamd bench offline``)."""
     try:
         return SideSpec.parse(text)
     except (TypeError, ValueError) as exc:
@@ -95,9 +94,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub = modes.add_parser(name, help=mode.help)
         sub.add_argument("--model", required=True, help="model directory (rnnt: .nemo file)")
         sub.add_argument("--audio", nargs="+", required=True, metavar="FILE", help="audio files")
-        sub.add_argument("--ref", type=_side, default=SideSpec(), metavar="device=D,dtype=T",
+        sub.add_argument("--ref", type=side_arg, default=SideSpec(), metavar="device=D,dtype=T",
                          help="reference side (default device=cpu,dtype=float32)")
-        sub.add_argument("--test", type=_side, required=True, metavar="device=D,dtype=T",
+        sub.add_argument("--test", type=side_arg, required=True, metavar="device=D,dtype=T",
                          help="side under test")
         sub.add_argument("--out", help="write the JSON report here")
         sub.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default 1)")

@@ -223,6 +223,14 @@ class AlignerSideOutput:
     alignment: Alignment
 
 
+def transcripts_per_file(transcripts: list[str], files: list[str]) -> list[str]:
+    """One transcript for every file, or one per file in order; ``ValueError`` otherwise."""
+    per_file = transcripts * len(files) if len(transcripts) == 1 else transcripts
+    if len(per_file) != len(files):
+        raise ValueError(f"give one --transcript, or one per audio file ({len(files)})")
+    return per_file
+
+
 def parity_side(model_dir: str, files: list[str], transcripts: list[str], warmup: int, runs: int
                 ) -> Callable[[SideSpec], SideResult]:
     """A ``run_side`` for :func:`streamd.offline.report.run_checks`: one forward per file."""
