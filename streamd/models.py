@@ -270,11 +270,13 @@ def _load_pretrained(nemo_asr: Any, name: str, map_location: Any, timeout_s: flo
         ) from exc
 
 
-def prepare_model(name_or_path: str, device: str = "auto", dtype: str = "float32") -> Any:
+def prepare_model(name_or_path: str, device: str = "auto", dtype: str = "float32",
+                  decoder_cuda_graphs: bool = True) -> Any:
     """Load a model onto a device in a dtype, ready for inference.
 
     The feature extractor stays in float32 (log-mel of low-precision audio loses the quiet
-    bins); only the encoder, decoder and joint run in ``dtype``.
+    bins); only the encoder, decoder and joint run in ``dtype``. ``decoder_cuda_graphs``: see
+    :func:`set_decoder_cuda_graphs`.
     """
     from streamd.devices import check_dtype_supported, parse_dtype, resolve_device
 
@@ -288,4 +290,19 @@ def prepare_model(name_or_path: str, device: str = "auto", dtype: str = "float32
     for network in (model.encoder, model.decoder, model.joint):
         network.to(dtype=torch_dtype)
     model.eval()
+    set_decoder_cuda_graphs(model, decoder_cuda_graphs)
     return model
+
+
+def set_decoder_cuda_graphs(model: Any, enabled: bool) -> None:
+    """Whether NeMo's batched greedy RNNT decoder runs its label loop as CUDA graphs.
+
+    NeMo does by default on CUDA (``decoding.greedy.use_cuda_graph_decoder``) and never on other
+    devices; the switch exists to compare both on a GPU (docs/benchmarks.md).
+    """
+    if model.cfg.decoding.greedy.get("use_cuda_graph_decoder", True) == enabled:
+        return
+    decoding = model.cfg.decoding.copy()
+    with open_dict(decoding):
+        decoding.greedy.use_cuda_graph_decoder = enabled
+    model.change_decoding_strategy(decoding, verbose=False)

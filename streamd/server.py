@@ -89,7 +89,7 @@ class Server:
 
             if s.threads:
                 torch.set_num_threads(s.threads)
-            model = prepare_model(s.model, s.device, s.dtype)
+            model = prepare_model(s.model, s.device, s.dtype, s.decoder_cuda_graphs)
             if is_untrained(model):
                 log.warning(UNTRAINED_WARNING)
             return StreamingEngine(model, max_batch=s.max_batch, max_streams=s.max_sessions)

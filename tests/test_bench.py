@@ -29,6 +29,7 @@ def test_engine_bench_reports_every_stream_count_and_chunk_size(tone_model_path:
         assert 0 < row["step_p50_ms"] <= row["step_p99_ms"]
         assert row["tokens"] > 0  # the tone model hears the tones in the benchmark audio
         assert row["encoder_ms"] > 0 and row["decoder_ms"] > 0 and row["other_ms"] >= 0
+        assert row["nemo_encoder_ms"] > 0
     assert all(r["batching_gain"] > 0 for r in rows if r["streams"] == 3)
     assert report["meta"]["arch"] == "tiny" and "bench engine" in report["meta"]["command"]
     assert md.read_text().count("| 160 |") == 2

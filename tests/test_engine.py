@@ -158,3 +158,14 @@ def test_endpointing_splits_utterances_at_silence(tone_model, rng):
     assert texts == [first.text, second.text]
     assert finals[0].reason == "endpoint"
     assert finals[0].end <= finals[1].start + 1e-6
+
+
+def test_decoder_cuda_graphs_switch_reaches_nemo_and_decoding_still_hears_the_letters(tone_model_path, rng):
+    from streamd.models import prepare_model
+
+    model = prepare_model(str(tone_model_path), "cpu", decoder_cuda_graphs=False)
+    assert model.cfg.decoding.greedy.use_cuda_graph_decoder is False
+    sequences = fresh_sequences(rng, (70, 6), 4)
+    engine = StreamingEngine(model, max_batch=4, max_streams=4)
+    streaming = transcribe_streaming(engine, [s.audio for s in sequences], StreamOptions(att_context_size=(70, 6)))
+    assert [s.text for s in streaming] == [seq.text for seq in sequences]

@@ -36,6 +36,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads, here and in the server (default 1, the server's default)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--decoder-cuda-graphs", choices=("on", "off"), default="on",
+                        help="RNNT decoder label loop as CUDA graphs (CUDA only; default on, NeMo's default)")
     parser.add_argument("--out", required=True, help="JSON results file")
     parser.add_argument("--markdown", help="append the tables, with machine/date/command, to this file")
 
@@ -91,7 +93,7 @@ def _load(args: argparse.Namespace) -> Any:
     from streamd.models import prepare_model
 
     torch.set_num_threads(args.threads)
-    return prepare_model(args.model, args.device, args.dtype)
+    return prepare_model(args.model, args.device, args.dtype, args.decoder_cuda_graphs == "on")
 
 
 def _model_meta(args: argparse.Namespace, model: Any) -> dict[str, Any]:
@@ -101,7 +103,9 @@ def _model_meta(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     device = next(model.parameters()).device
     arch = dict(model.cfg.get("streamd") or {}).get("arch", "unknown")
     return {"machine": machine_description(device), "device": str(device), "dtype": args.dtype,
-            "model": args.model, "arch": arch, "title": f"{arch} on {device} ({args.dtype})"}
+            "model": args.model, "arch": arch, "decoder_cuda_graphs": args.decoder_cuda_graphs,
+            "title": f"{arch} on {device} ({args.dtype}"
+                     + (", decoder CUDA graphs off)" if args.decoder_cuda_graphs == "off" else ")")}
 
 
 def _report(args: argparse.Namespace, meta: dict[str, Any], results: list[dict[str, Any]],
@@ -140,7 +144,8 @@ def run_server_bench(args: argparse.Namespace) -> int:
             print(f"--scenarios: unknown {sorted(unknown)}; use {','.join(SERVER_SCENARIOS)}", file=sys.stderr)
         return 2
     model = _load(args)
-    settings = {"threads": args.threads, "device": args.device, "dtype": args.dtype}
+    settings = {"threads": args.threads, "device": args.device, "dtype": args.dtype,
+                "decoder_cuda_graphs": args.decoder_cuda_graphs == "on"}
     results: list[dict[str, Any]] = []
     tables = []
     if "overhead" in args.scenarios:

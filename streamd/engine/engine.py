@@ -208,8 +208,7 @@ class StreamingEngine:
         stats.features_s = time.perf_counter() - started
 
         # 2. pick ready streams, oldest first, and group by (chunk size, frames to drop)
-        ready = [s for s in self.streams.values() if not s.finished and (
-            s.pending_frames() >= self._chunk_frames(s) or s.features_final)]
+        ready = [s for s in self.streams.values() if self._ready(s)]  # every frame is featurized now
         ready.sort(key=lambda s: s.waiting_since)
         ready = ready[: self.max_batch]
         groups: dict[tuple[tuple[int, int], int], list[Stream]] = defaultdict(list)
