@@ -169,3 +169,24 @@ def test_decoder_cuda_graphs_switch_reaches_nemo_and_decoding_still_hears_the_le
     engine = StreamingEngine(model, max_batch=4, max_streams=4)
     streaming = transcribe_streaming(engine, [s.audio for s in sequences], StreamOptions(att_context_size=(70, 6)))
     assert [s.text for s in streaming] == [seq.text for seq in sequences]
+
+
+def test_own_log_mel_equals_nemo_featurizer_bit_for_bit(tone_model, rng):
+    from streamd.engine.features import FeatureExtractor
+
+    extractor = FeatureExtractor(tone_model.preprocessor, torch.device("cpu"))
+    assert extractor.uses_own_log_mel
+    lengths = [16000, 9731, 161]  # the shorter rows are zero-padded, as in a step's batch
+    audio = torch.zeros(len(lengths), max(lengths))
+    for i, n in enumerate(lengths):
+        audio[i, :n] = torch.from_numpy(tones.random_sequence(rng).audio[:n])
+    with torch.inference_mode():
+        theirs, frames = tone_model.preprocessor.featurizer(audio, torch.tensor(lengths))
+        ours = extractor.log_mel(audio, torch.tensor(lengths))
+    for i, n in enumerate(frames.tolist()):
+        assert n > 0 and torch.equal(ours[i, :, :n], theirs[i, :, :n])
+    tone_model.preprocessor.featurizer.train()  # training adds dither: NeMo's own forward then
+    try:
+        assert not extractor.uses_own_log_mel
+    finally:
+        tone_model.preprocessor.featurizer.eval()

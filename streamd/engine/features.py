@@ -49,6 +49,51 @@ class FeatureExtractor:
         # sample >= 1 of the fed audio (sample 0 lacks its pre-emphasis predecessor).
         self.margin = math.ceil((self.half_window + 1) / self.hop)
         self.n_mels = int(featurizer.nfilt)
+        self._own_log_mel = self._own_log_mel_matches()
+
+    def _own_log_mel_matches(self) -> bool:
+        """Whether :meth:`log_mel` reproduces this featurizer bit for bit (checked once on noise)."""
+        f = self.featurizer
+        if getattr(f, "frame_splicing", 1) != 1 or getattr(f, "use_grads", False) or f.stft_pad_amount is not None:
+            return False
+        lengths = torch.tensor([4000, 2500], device=self.device)
+        audio = torch.randn(2, 4000, generator=torch.Generator().manual_seed(0)).to(self.device) * 0.1
+        audio[1, 2500:] = 0.0
+        with torch.inference_mode():
+            theirs, frames = f(audio, lengths)
+            ours = self.log_mel(audio, lengths)
+        return all(torch.equal(ours[i, :, :n], theirs[i, :, :n]) for i, n in enumerate(frames.tolist()))
+
+    def log_mel(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """NeMo's ``FilterbankFeatures.forward`` at inference, op for op, except one: the power
+        spectrum's sum over the real and imaginary parts is written as an addition. torch's sum
+        over a last dimension of 2 took half of the featurizer's time on CPU (4 ms of 11 for 16
+        streams of 1.1 s), and ``a + b`` is the same float. Frames past a row's length are not
+        masked (callers keep only valid frames)."""
+        f = self.featurizer
+        x = audio
+        if f.preemph is not None:
+            valid = torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
+            x = torch.cat((x[:, 0].unsqueeze(1), x[:, 1:] - f.preemph * x[:, :-1]), dim=1)
+            x = x.masked_fill(~valid, 0.0)
+        with torch.amp.autocast(x.device.type, enabled=False):
+            squares = torch.view_as_real(f.stft(x)).pow(2)
+        x = torch.sqrt(squares[..., 0] + squares[..., 1])
+        if f.mag_power != 1.0:
+            x = x.pow(f.mag_power)
+        with torch.amp.autocast(x.device.type, enabled=False):
+            x = torch.matmul(f.fb.to(x.dtype), x)
+        if f.log:
+            if f.log_zero_guard_type == "add":
+                x = torch.log(x + f.log_zero_guard_value_fn(x))
+            else:
+                x = torch.log(torch.clamp(x, min=f.log_zero_guard_value_fn(x)))
+        return x
+
+    @property
+    def uses_own_log_mel(self) -> bool:
+        """True when frames come from :meth:`log_mel` (the bit-exact fast path), not NeMo's forward."""
+        return self._own_log_mel and not self.featurizer.training
 
     def ready_frames(self, state: FeatureState, final: bool) -> int:
         """Total frames computable now: whole windows only, or all offline frames at the end."""
@@ -83,10 +128,13 @@ class FeatureExtractor:
         batch = np.zeros((len(windows), max(lengths)), np.float32)
         for i, window in enumerate(windows):
             batch[i, : len(window)] = window
+        audio = torch.from_numpy(batch).to(self.device)
+        audio_lengths = torch.tensor(lengths, device=self.device)
         with torch.inference_mode():
-            feats, _ = self.featurizer(
-                torch.from_numpy(batch).to(self.device), torch.tensor(lengths, device=self.device)
-            )
+            if self.uses_own_log_mel:
+                feats = self.log_mel(audio, audio_lengths)
+            else:
+                feats, _ = self.featurizer(audio, audio_lengths)
         return [
             feats[i, :, first : first + count].float() if count else empty
             for i, (first, count) in enumerate(spans)
