@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 from conftest import streamd_cli
 
@@ -83,3 +84,8 @@ def test_offline_bench_times_whisper_and_aligner_on_each_side(tiny_en_dir: Path,
 def test_offline_bench_needs_a_model(tmp_path: Path):
     proc = streamd_cli("bench", "offline", "--audio", "a.wav", "--out", str(tmp_path / "o.json"), check=False)
     assert proc.returncode == 2 and "give --whisper DIR and/or --aligner DIR" in proc.stderr
+    missing, audio = tmp_path / "no-such-model", tmp_path / "a.wav"
+    sf.write(audio, np.zeros(16000, np.float32), 16000)
+    proc = streamd_cli("bench", "offline", "--whisper", str(missing), "--audio", str(audio), "--out",
+                       str(tmp_path / "o.json"), check=False)
+    assert proc.returncode == 2 and f"{missing}: not a directory" in proc.stderr

@@ -22,7 +22,7 @@ from streamd.audio import load_audio
 from streamd.devices import check_dtype_supported, parse_dtype, resolve_device
 from streamd.log import get_logger
 from streamd.offline import metrics
-from streamd.offline.report import Check, Comparison, SideResult, SideSpec, timed_mean
+from streamd.offline.report import Check, Comparison, SideResult, SideSpec, require_model_dir, timed_mean
 
 log = get_logger(__name__)
 
@@ -180,6 +180,7 @@ class AlignerRunner:
         self.device = resolve_device(device)
         self.dtype = parse_dtype(dtype)
         check_dtype_supported(self.device, self.dtype)
+        require_model_dir(model_dir, "Wav2Vec2 CTC")
         self.processor = Wav2Vec2Processor.from_pretrained(model_dir)
         self.model = Wav2Vec2ForCTC.from_pretrained(model_dir, dtype=self.dtype).to(self.device).eval()
         tokenizer = self.processor.tokenizer

@@ -29,6 +29,14 @@ OPS: dict[str, Callable[[float, float], bool]] = {
 }
 
 
+def require_model_dir(path: str, kind: str) -> None:
+    """A transformers model must be a local directory (nothing is downloaded): say so plainly,
+    instead of the hub client's complaint about repository names."""
+    if not Path(path).is_dir():
+        raise ValueError(f"{path}: not a directory (a local transformers {kind} model directory is needed; "
+                         "models are never downloaded)")
+
+
 @dataclass(frozen=True)
 class Check:
     """One thresholded comparison: passes when ``value <op> threshold`` holds (NaN never passes)."""
