@@ -30,8 +30,6 @@ from streamd.session import Session
 
 log = get_logger(__name__)
 
-# No permessage-deflate: PCM audio barely compresses, and deflating every frame cost the event
-# loop (and so the engine thread, through the GIL) more than any other protocol work.
 # WebSocket frames up to this multiple of max_message_bytes reach the session, which answers
 # with a message_too_big error; larger ones are cut off by websockets itself (close 1009).
 FRAME_LIMIT_FACTOR = 4
@@ -52,6 +50,8 @@ class Server:
         """Serve until ``stop`` is set; return the exit code."""
         s = self.settings
         try:
+            # No permessage-deflate: PCM audio barely compresses, and deflating every frame cost the
+            # event loop (and so the engine thread, through the GIL) more than any other protocol work.
             async with serve(self._handle, s.host, s.port, process_request=self._process_request,
                              max_size=FRAME_LIMIT_FACTOR * s.max_message_bytes,
                              compression=None) as ws_server:
