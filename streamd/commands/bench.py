@@ -28,6 +28,12 @@ def _words(text: str) -> list[str]:
     return [x for x in text.split(",") if x]
 
 
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, not {text!r}")
+    return text == "on"
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help=".nemo file (untrained models are fine: speed only)")
     parser.add_argument("--chunk-ms", type=_ints, default=[80, 160, 560, 1120], help="comma list of 80/160/560/1120")
@@ -36,7 +42,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads, here and in the server (default 1, the server's default)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--decoder-cuda-graphs", choices=("on", "off"), default="on",
+    parser.add_argument("--decoder-cuda-graphs", type=_on_off, default=True, metavar="on|off",
                         help="RNNT decoder label loop as CUDA graphs (CUDA only; default on, NeMo's default)")
     parser.add_argument("--out", required=True, help="JSON results file")
     parser.add_argument("--markdown", help="append the tables, with machine/date/command, to this file")
@@ -93,7 +99,7 @@ def _load(args: argparse.Namespace) -> Any:
     from streamd.models import prepare_model
 
     torch.set_num_threads(args.threads)
-    return prepare_model(args.model, args.device, args.dtype, args.decoder_cuda_graphs == "on")
+    return prepare_model(args.model, args.device, args.dtype, args.decoder_cuda_graphs)
 
 
 def _model_meta(args: argparse.Namespace, model: Any) -> dict[str, Any]:
@@ -103,9 +109,9 @@ def _model_meta(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     device = next(model.parameters()).device
     arch = dict(model.cfg.get("streamd") or {}).get("arch", "unknown")
     return {"machine": machine_description(device), "device": str(device), "dtype": args.dtype,
-            "model": args.model, "arch": arch, "decoder_cuda_graphs": args.decoder_cuda_graphs,
+            "model": args.model, "arch": arch, "decoder_cuda_graphs": "on" if args.decoder_cuda_graphs else "off",
             "title": f"{arch} on {device} ({args.dtype}"
-                     + (", decoder CUDA graphs off)" if args.decoder_cuda_graphs == "off" else ")")}
+                     + (")" if args.decoder_cuda_graphs else ", decoder CUDA graphs off)")}
 
 
 def _report(args: argparse.Namespace, meta: dict[str, Any], results: list[dict[str, Any]],
@@ -145,7 +151,7 @@ def run_server_bench(args: argparse.Namespace) -> int:
         return 2
     model = _load(args)
     settings = {"threads": args.threads, "device": args.device, "dtype": args.dtype,
-                "decoder_cuda_graphs": args.decoder_cuda_graphs == "on"}
+                "decoder_cuda_graphs": args.decoder_cuda_graphs}
     results: list[dict[str, Any]] = []
     tables = []
     if "overhead" in args.scenarios:
