@@ -12,8 +12,9 @@ the event loop, the protocol, resampling and the engine worker together.
   while the p99 update latency (audio that completes a chunk sent -> its message received)
   stays within the chunk length. Starts are staggered over one chunk, as real clients are, and
   in a second ramp all at once (the arrangement the engine-only ceiling assumes); clients send
-  80 ms frames (at 20 ms, dozens of clients in this process would compete with the
-  server for the same cores).
+  80 ms frames by default (at 20 ms, dozens of clients in this process would compete with the
+  server for the same cores; at thousands of streams, one frame per chunk keeps this process
+  from being the limit).
   The engine-only ceiling over the same ramp, measured first in the same run: the largest
   batch whose p99 step time fits in one chunk (the most streams the model itself could keep up
   with, before any networking, queueing or real-time pacing).
@@ -37,9 +38,12 @@ import torch
 from clients.common import Pcm, SessionResult, percentiles, run_session
 from streamd import tones
 from streamd.bench import bench_audio, chunk_length_ms, run_engine, warm_up
+from streamd.log import get_logger
+from streamd.oslimits import raise_open_files_limit
 from streamd.serverproc import ServerProcess, start_server
 
 MIB = 1024 * 1024
+log = get_logger(__name__)
 
 
 @contextmanager
@@ -114,6 +118,7 @@ def engine_ceiling(model: Any, size: tuple[int, int], ramp: list[int], seconds: 
     for count in ramp:
         run = run_engine(model, [bench_audio(rng, seconds) for _ in range(count)], size, max_batch=count)
         tried.append({"streams": count, "step_p99_ms": round(run.step_p99_ms, 1)})
+        log.info("engine ceiling level", chunk_ms=chunk_ms, **tried[-1])
         if run.step_p99_ms > chunk_ms:
             break
         ceiling = count
@@ -121,47 +126,68 @@ def engine_ceiling(model: Any, size: tuple[int, int], ramp: list[int], seconds: 
 
 
 def _ramp(server: ServerProcess, ramp: list[int], chunk_ms: int, seconds: float, frame_ms: float,
-          stagger_s: float, rng: np.random.Generator) -> tuple[int, list[dict[str, Any]], int]:
-    """Real-time stream counts in order until one misses: (last count that held, levels, peak RSS)."""
-    levels, holds, peak_rss = [], 0, server.rss_bytes()
+          stagger_s: float, rng: np.random.Generator) -> tuple[int, list[dict[str, Any]]]:
+    """Real-time stream counts in order until one misses: (last count that held, levels).
+
+    Each level records the server's RSS and GPU memory as its sessions end (PyTorch's caching
+    allocator keeps what the level's largest step needed, so that is the level's peak there).
+    """
+    levels, holds = [], 0
     for count in ramp:
         audios = [bench_audio(rng, seconds) for _ in range(count)]
         results = asyncio.run(_sessions(server.url, audios, chunk_ms, True, frame_ms, stagger_s=stagger_s))
-        peak_rss = max(peak_rss, server.rss_bytes())
         latency = percentiles(_update_latencies(results))
         finals = [r.latency()["final_s"] for r in results]
         held = latency["p99"] is not None and latency["p99"] <= chunk_ms / 1000
         levels.append({"streams": count, "update_s": latency, "final_p50_s": percentiles(finals)["p50"],
-                       "holds": held})
+                       "holds": held, "rss_mib": _mib(server.rss_bytes()), "gpu_mib": _mib(server.gpu_bytes())})
+        log.info("capacity level", chunk_ms=chunk_ms, **levels[-1])
         if not held:
             break
         holds = count
         server.wait_idle()
-    return holds, levels, peak_rss
+    return holds, levels
+
+
+def _mib(count: int | None) -> float | None:
+    return None if count is None else round(count / MIB, 1)
+
+
+def _peak(levels: list[dict[str, Any]], key: str) -> float | None:
+    values = [lv[key] for lv in levels if lv[key] is not None]
+    return max(values) if values else None
 
 
 def capacity(model: Any, model_path: str, size: tuple[int, int], ramp: list[int], seconds: float,
-             settings: dict[str, Any], max_batch: int, frame_ms: float = 80.0, seed: int = 0) -> dict[str, Any]:
+             settings: dict[str, Any], max_batch: int, frame_ms: float | None = 80.0, aligned: bool = True,
+             seed: int = 0) -> dict[str, Any]:
     """Concurrent real-time streams while p99 update latency stays within the chunk length, and
     the engine-only ceiling it is measured against.
 
     Two ramps: starts staggered over one chunk (as real clients arrive: the capacity), and all
     starts at once (chunks complete together, as the engine-only ceiling assumes; the gap
-    between the two is the cost of streams that cannot share a step).
+    between the two is the cost of streams that cannot share a step). ``frame_ms`` None sends
+    one chunk per frame; ``aligned`` False skips the second ramp.
     """
     rng = np.random.default_rng(seed)
     chunk_ms = chunk_length_ms(size)
+    frame_ms = frame_ms or chunk_ms
+    raise_open_files_limit(max(ramp))  # this process holds the client end of every connection
     ceiling, engine_levels = engine_ceiling(model, size, ramp, seconds, rng)
+    aligned_holds, aligned_levels = None, []
     with serving(model_path, **settings, max_batch=max_batch, max_sessions=max(ramp) + 1) as server:
-        idle_rss = server.rss_bytes()
-        aligned, aligned_levels, aligned_rss = _ramp(server, ramp, chunk_ms, seconds, frame_ms, 0.0, rng)
-        server.wait_idle()
-        holds, levels, staggered_rss = _ramp(server, ramp, chunk_ms, seconds, frame_ms, chunk_ms / 1000, rng)
-    return {"scenario": "capacity", "chunk_ms": chunk_ms, "seconds": seconds, "capacity_streams": holds,
-            "aligned_capacity_streams": aligned, "engine_ceiling_streams": ceiling, "engine_levels": engine_levels,
+        idle_rss, idle_gpu = _mib(server.rss_bytes()), _mib(server.gpu_bytes())
+        if aligned:
+            aligned_holds, aligned_levels = _ramp(server, ramp, chunk_ms, seconds, frame_ms, 0.0, rng)
+            server.wait_idle()
+        holds, levels = _ramp(server, ramp, chunk_ms, seconds, frame_ms, chunk_ms / 1000, rng)
+    return {"scenario": "capacity", "chunk_ms": chunk_ms, "seconds": seconds, "frame_ms": frame_ms,
+            "capacity_streams": holds, "aligned_capacity_streams": aligned_holds,
+            "engine_ceiling_streams": ceiling, "engine_levels": engine_levels,
             "capacity_vs_ceiling": round(holds / ceiling, 3) if ceiling else None,
-            "aligned_vs_ceiling": round(aligned / ceiling, 3) if ceiling else None,
-            "idle_rss_mib": round(idle_rss / MIB, 1), "peak_rss_mib": round(max(aligned_rss, staggered_rss) / MIB, 1),
+            "aligned_vs_ceiling": round(aligned_holds / ceiling, 3) if ceiling and aligned_holds is not None else None,
+            "idle_rss_mib": idle_rss, "peak_rss_mib": _peak(levels + aligned_levels, "rss_mib"),
+            "idle_gpu_mib": idle_gpu, "peak_gpu_mib": _peak(levels + aligned_levels, "gpu_mib"),
             "levels": levels, "aligned_levels": aligned_levels}
 
 
@@ -223,18 +249,28 @@ def _levels(levels: list[dict[str, Any]]) -> str:
                      + ("" if lv["holds"] else " (over)") for lv in levels)
 
 
+def _gpu(row: dict[str, Any]) -> str:
+    idle, peak = row.get("idle_gpu_mib"), row.get("peak_gpu_mib")
+    return "-" if idle is None and peak is None else f"{idle} / {peak}"
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
 def capacity_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| chunk ms | engine-only ceiling | held, starts staggered | / ceiling | held, starts aligned "
-             "| / ceiling | update p50 / p99 ms per level: staggered; aligned | RSS idle / peak MiB |",
-             "|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "| / ceiling | update p50 / p99 ms per level: staggered; aligned | RSS idle / peak MiB "
+             "| GPU idle / peak MiB |",
+             "|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     lines += [f"| {r['chunk_ms']} | {r['engine_ceiling_streams']} | {r['capacity_streams']} | "
-              f"{_ratio(r['capacity_vs_ceiling'])} | {r['aligned_capacity_streams']} | "
+              f"{_ratio(r['capacity_vs_ceiling'])} | {_count(r['aligned_capacity_streams'])} | "
               f"{_ratio(r['aligned_vs_ceiling'])} | {_levels(r['levels'])}; {_levels(r['aligned_levels'])} | "
-              f"{r['idle_rss_mib']} / {r['peak_rss_mib']} |"
+              f"{r['idle_rss_mib']} / {r['peak_rss_mib']} | {_gpu(r)} |"
               for r in rows]
     return "\n".join(lines)
 

@@ -25,6 +25,7 @@ from streamd.config import ServeConfig
 from streamd.engine.engine import StreamingEngine
 from streamd.engine.runner import EngineRunner
 from streamd.log import get_logger
+from streamd.oslimits import raise_open_files_limit
 from streamd.protocol import ModelInfo
 from streamd.session import Session
 
@@ -49,12 +50,16 @@ class Server:
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until ``stop`` is set; return the exit code."""
         s = self.settings
+        open_files, wanted = raise_open_files_limit(s.max_sessions)
+        if open_files < wanted:
+            log.warning("open-files limit below max_sessions; connections beyond it will fail",
+                        limit=open_files, wanted=wanted)
         try:
             # No permessage-deflate: PCM audio barely compresses, and deflating every frame cost the
             # event loop (and so the engine thread, through the GIL) more than any other protocol work.
             async with serve(self._handle, s.host, s.port, process_request=self._process_request,
                              max_size=FRAME_LIMIT_FACTOR * s.max_message_bytes,
-                             compression=None) as ws_server:
+                             compression=None, backlog=_listen_backlog(s.max_sessions)) as ws_server:
                 port = next(iter(ws_server.sockets)).getsockname()[1]
                 log.info("listening", host=s.host, port=port)
                 stopping = asyncio.ensure_future(stop.wait())
@@ -153,6 +158,13 @@ class Server:
             return response
         self._admitted.add(connection)
         return None
+
+
+def _listen_backlog(max_sessions: int) -> int:
+    """Pending connections the kernel queues: asyncio's default of 100 drops the SYNs of a
+    burst of clients (each then retries after a second or more), so allow one per session
+    (the kernel caps it at net.core.somaxconn)."""
+    return max(100, max_sessions)
 
 
 def _json(connection: ServerConnection, status: HTTPStatus, body: str) -> Response:

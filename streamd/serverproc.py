@@ -54,6 +54,20 @@ class ServerProcess:
                 return int(line.split()[1]) * 1024
         raise RuntimeError("VmRSS not found")
 
+    def gpu_bytes(self) -> int | None:
+        """GPU memory the server process holds, from ``nvidia-smi``; None without an NVIDIA GPU."""
+        try:
+            listing = subprocess.run(
+                ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=10, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        for line in listing.splitlines():
+            pid, _, mib = line.partition(",")
+            if pid.strip() == str(self.process.pid):
+                return int(mib) * 1024 * 1024
+        return None
+
     def wait_idle(self, timeout: float = 30) -> None:
         """Until no session is open (closed connections free their slot once the TCP close ends)."""
         deadline = time.monotonic() + timeout

@@ -34,6 +34,18 @@ def _on_off(text: str) -> bool:
     return text == "on"
 
 
+def _frame_ms(text: str) -> int | None:
+    if text == "chunk":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected milliseconds or 'chunk', not {text!r}")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help=".nemo file (untrained models are fine: speed only)")
     parser.add_argument("--chunk-ms", type=_ints, default=[80, 160, 560, 1120], help="comma list of 80/160/560/1120")
@@ -65,6 +77,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="engine/server run pairs in the overhead scenario; the ratio is their median (default 5)")
     server.add_argument("--ramp", type=_ints, default=[1, 2, 4, 8, 16, 32, 64],
                         help="stream counts the capacity scenario tries, in order (default 1,2,4,...,64)")
+    server.add_argument("--frame-ms", type=_frame_ms, default=80, metavar="MS|chunk",
+                        help="audio per client frame in the capacity scenario: milliseconds, or 'chunk' for one "
+                             "chunk per frame (default 80; at thousands of streams, small frames make the "
+                             "benchmark's own client process the limit)")
+    server.add_argument("--no-aligned", action="store_true",
+                        help="capacity: skip the second ramp with all starts aligned")
     server.add_argument("--max-batch", type=int, default=64, help="the server's max_batch (default 64)")
     server.add_argument("--soak-minutes", type=float, default=10.0, help="open/close soak length (default 10)")
     server.set_defaults(func=run_server_bench)
@@ -162,7 +180,7 @@ def run_server_bench(args: argparse.Namespace) -> int:
         tables.append(("Server overhead", bench_server.overhead_table(rows)))
     if "capacity" in args.scenarios:
         rows = [bench_server.capacity(model, args.model, size, args.ramp, args.seconds, settings,
-                                        args.max_batch)
+                                        args.max_batch, frame_ms=args.frame_ms, aligned=not args.no_aligned)
                 for size in sizes]
         results += rows
         tables.append(("Real-time capacity", bench_server.capacity_table(rows)))
