@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session of CUDA checks and benchmarks, sized for about 8 minutes on an H100.
+# One GPU session of CUDA checks and benchmarks, sized for about 10 minutes on an H100/H200.
 #
 #   bench/gpu_session.sh OUTDIR [TONE_MODEL.nemo]
 #
@@ -11,10 +11,10 @@
 #      float32 and bfloat16 at every chunk size (bench/device_check.py); RNNT parity against the
 #      CPU. Skipped without TONE_MODEL; if the engine crashes there, the script stops.
 #   2. nemotron-0.6b (untrained: same shapes and FLOPs) built
-#   3. engine ceiling in DTYPE with the RNNT decoder's CUDA graphs (tokens/s column)
-#   4. real-time capacity through the server at 160 and 1120 ms chunks (Riva NIM's published
-#      figures: >400 streams at 160 ms, >1500 at 1120 ms)
-#   5. engine ceiling without the decoder's CUDA graphs; RNNT parity CPU fp32 vs DEVICE/DTYPE
+#   3. real-time capacity through the server at 160 and 1120 ms chunks (Riva NIM's published
+#      figures: >400 streams at 160 ms, >1500 at 1120 ms), the server logs kept
+#   4. engine ceiling in DTYPE with the RNNT decoder's CUDA graphs on and off (tokens/s column)
+#   5. RNNT parity CPU fp32 vs DEVICE/DTYPE on nemotron-0.6b
 # Environment: PY (default python3), DEVICE (cuda), DTYPE (bfloat16), the sizes below, and
 # PACK: a .tar.gz of OUTDIR rewritten after every stage (for runners that fetch few files).
 set -uo pipefail
@@ -26,7 +26,8 @@ DTYPE="${DTYPE:-bfloat16}"
 ARCH="${ARCH:-nemotron-0.6b}"
 ENGINE_STREAMS="${ENGINE_STREAMS:-1,64,256,1024}"
 ENGINE_SECONDS="${ENGINE_SECONDS:-5}"
-RAMP="${RAMP:-200,400,800,1600,3200}"
+RAMP_160="${RAMP_160:-50,100,200,400,800}"
+RAMP_1120="${RAMP_1120:-200,400,800,1600,3200}"
 CAPACITY_SECONDS="${CAPACITY_SECONDS:-10}"
 MAX_BATCH="${MAX_BATCH:-2048}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -54,7 +55,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 "${STREAMD[@]}" tones abcdefghabcdefgh --out "$OUT/tones.wav" --seed 1 >/dev/null || exit 1
 
 if [ -n "$TONES" ]; then
-    for dtype in float32 bfloat16; do  # one process each: see diagnose-reload below
+    # One process per dtype: on torch 2.11 + CUDA, a second .nemo load in a process that had run
+    # the engine failed with a weights-only unpickling error (2026-11-26; the same two loads
+    # without the engine run between them passed).
+    for dtype in float32 bfloat16; do
         stage "correctness-$dtype" 90 "$PY" "$HERE/device_check.py" "$TONES" --device "$DEVICE" --dtype "$dtype"
         status=$?
         grep -a -E "ms:|sent|Error" "$OUT/correctness-$dtype.log" | tail -12
@@ -65,10 +69,6 @@ if [ -n "$TONES" ]; then
     done
     stage parity-tones 60 "${STREAMD[@]}" parity rnnt --model "$TONES" --audio "$OUT/tones.wav" \
         --test "device=$DEVICE,dtype=$DTYPE" --out "$OUT/parity-tones.json"
-    # On torch 2.11 a second .nemo load in one process failed once with a weights-only
-    # unpickling error (the first load of the same file had worked): which layer fails?
-    stage diagnose-reload 60 "$PY" "$HERE/reload_check.py" "$TONES"
-    grep -a -E "^load" "$OUT/diagnose-reload.log"
 fi
 
 stage model 180 "${STREAMD[@]}" model create --arch "$ARCH" --out "$MODEL" || exit 1
@@ -78,13 +78,15 @@ engine() {  # engine on|off: the engine ceiling with the RNNT decoder's CUDA gra
         --decoder-cuda-graphs "$1" --streams "$ENGINE_STREAMS" --chunk-ms 160,1120 --seconds "$ENGINE_SECONDS" \
         --no-sequential --out "$OUT/engine-graphs-$1.json" --markdown "$OUT/tables.md"
 }
+capacity() {  # capacity CHUNK_MS RAMP: one run per chunk size, so that a run cut short leaves the others'
+    stage "capacity-$1" 240 "${STREAMD[@]}" bench server --model "$MODEL" "${ON_DEVICE[@]}" \
+        --scenarios capacity --chunk-ms "$1" --ramp "$2" --max-batch "$MAX_BATCH" --frame-ms chunk \
+        --no-aligned --seconds "$CAPACITY_SECONDS" --server-log-dir "$OUT" --out "$OUT/capacity-$1.json" \
+        --markdown "$OUT/tables.md"
+}
+capacity 160 "$RAMP_160"
+capacity 1120 "$RAMP_1120"
 engine on
-# One run per chunk size, so that a run cut short by its limit leaves the other's results.
-for chunk in 160 1120; do
-    stage "capacity-$chunk" 200 "${STREAMD[@]}" bench server --model "$MODEL" "${ON_DEVICE[@]}" \
-        --scenarios capacity --chunk-ms "$chunk" --ramp "$RAMP" --max-batch "$MAX_BATCH" --frame-ms chunk \
-        --no-aligned --seconds "$CAPACITY_SECONDS" --out "$OUT/capacity-$chunk.json" --markdown "$OUT/tables.md"
-done
 engine off
 stage parity-nemotron 90 "${STREAMD[@]}" parity rnnt --model "$MODEL" --audio "$OUT/tones.wav" \
     --test "device=$DEVICE,dtype=$DTYPE" --out "$OUT/parity-nemotron.json"

@@ -47,16 +47,23 @@ log = get_logger(__name__)
 
 
 @contextmanager
-def serving(model_path: str, **settings: Any) -> Iterator[ServerProcess]:
-    """A server for one scenario (``key=value`` settings), stopped and checked to exit cleanly."""
+def serving(model_path: str, log_path: Path | None, **settings: Any) -> Iterator[ServerProcess]:
+    """A server for one scenario (``key=value`` settings), stopped and checked to exit cleanly.
+
+    Its log goes to ``log_path`` (kept), or to a temporary file whose tail errors quote.
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(model_path, Path(tmp) / "server.log", **settings)
+        server = start_server(model_path, log_path or Path(tmp) / "server.log", **settings)
         try:
             yield server
         finally:
             status = server.stop()
             if status != 0:
                 raise RuntimeError(f"server exited with {status}:\n{server.log_tail()}")
+
+
+def _log(log_dir: Path | None, scenario: str) -> Path | None:
+    return None if log_dir is None else log_dir / f"server-{scenario}.log"
 
 
 async def _sessions(url: str, audios: list[np.ndarray], chunk_ms: int, realtime: bool, frame_ms: float,
@@ -77,7 +84,8 @@ def _update_latencies(results: list[SessionResult]) -> list[float]:
 
 
 def overhead(model: Any, model_path: str, size: tuple[int, int], streams: int, seconds: float,
-             settings: dict[str, Any], frame_ms: float = 20.0, repeats: int = 5, seed: int = 0) -> dict[str, Any]:
+             settings: dict[str, Any], frame_ms: float = 20.0, repeats: int = 5, seed: int = 0,
+             log_dir: Path | None = None) -> dict[str, Any]:
     """Throughput through the server vs the bare engine, and the latency the server adds.
 
     Engine and server runs alternate (the server idles while the engine runs here), and the
@@ -90,7 +98,8 @@ def overhead(model: Any, model_path: str, size: tuple[int, int], streams: int, s
     warm_up(model, size, rng)
     alone = run_engine(model, [audios[0]], size, max_batch=1)
     engine_s, served_s = [], []
-    with serving(model_path, **settings, max_batch=streams, max_sessions=streams + 1) as server:
+    with serving(model_path, _log(log_dir, f"overhead-{chunk_ms}"), **settings, max_batch=streams,
+                 max_sessions=streams + 1) as server:
         asyncio.run(_sessions(server.url, [bench_audio(rng, 2.0)], chunk_ms, False, chunk_ms))  # warm-up
         for _ in range(repeats):
             engine_s.append(run_engine(model, audios, size, max_batch=streams).compute_s)
@@ -160,7 +169,7 @@ def _peak(levels: list[dict[str, Any]], key: str) -> float | None:
 
 def capacity(model: Any, model_path: str, size: tuple[int, int], ramp: list[int], seconds: float,
              settings: dict[str, Any], max_batch: int, frame_ms: float | None = 80.0, aligned: bool = True,
-             seed: int = 0) -> dict[str, Any]:
+             seed: int = 0, log_dir: Path | None = None) -> dict[str, Any]:
     """Concurrent real-time streams while p99 update latency stays within the chunk length, and
     the engine-only ceiling it is measured against.
 
@@ -175,7 +184,8 @@ def capacity(model: Any, model_path: str, size: tuple[int, int], ramp: list[int]
     raise_open_files_limit(max(ramp))  # this process holds the client end of every connection
     ceiling, engine_levels = engine_ceiling(model, size, ramp, seconds, rng)
     aligned_holds, aligned_levels = None, []
-    with serving(model_path, **settings, max_batch=max_batch, max_sessions=max(ramp) + 1) as server:
+    with serving(model_path, _log(log_dir, f"capacity-{chunk_ms}"), **settings, max_batch=max_batch,
+                 max_sessions=max(ramp) + 1) as server:
         idle_rss, idle_gpu = _mib(server.rss_bytes()), _mib(server.gpu_bytes())
         if aligned:
             aligned_holds, aligned_levels = _ramp(server, ramp, chunk_ms, seconds, frame_ms, 0.0, rng)
@@ -201,14 +211,15 @@ def cache_bytes_per_stream(model: Any) -> int:
 
 
 def soak(model_path: str, minutes: float, streams: int, chunk_ms: int, settings: dict[str, Any], seed: int = 0,
-         sample_every_s: float = 5.0) -> dict[str, Any]:
+         sample_every_s: float = 5.0, log_dir: Path | None = None) -> dict[str, Any]:
     """Sessions open and close for ``minutes`` (``streams`` at a time, 1-4 s of audio each, sent
     as fast as accepted); RSS is sampled throughout. The slope is fitted after the first fifth,
     which holds allocator warm-up."""
     rng = np.random.default_rng(seed)
     samples: list[tuple[float, int]] = []
     sessions = 0
-    with serving(model_path, **settings, max_batch=streams, max_sessions=streams + 1) as server:
+    with serving(model_path, _log(log_dir, "soak"), **settings, max_batch=streams,
+                 max_sessions=streams + 1) as server:
         started = time.monotonic()
         next_sample = started
         while (now := time.monotonic()) - started < minutes * 60:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -94,10 +95,14 @@ class Server:
 
             if s.threads:
                 torch.set_num_threads(s.threads)
+            started = time.monotonic()
             model = prepare_model(s.model, s.device, s.dtype, s.decoder_cuda_graphs)
             if is_untrained(model):
                 log.warning(UNTRAINED_WARNING)
-            return StreamingEngine(model, max_batch=s.max_batch, max_streams=s.max_sessions)
+            log.info("model loaded", seconds=round(time.monotonic() - started, 1))
+            engine = StreamingEngine(model, max_batch=s.max_batch, max_streams=s.max_sessions)
+            log.info("engine built", seconds=round(time.monotonic() - started, 1))
+            return engine
 
         engine = await self.runner.start(build)
         return ModelInfo.describe(Path(s.model).stem, engine.sample_rate, engine.att_context_sizes,

@@ -106,15 +106,18 @@ def start_server(model: str | Path, log_path: Path, ready_timeout_s: float = 300
         )
     server = ServerProcess(process, port, log_path)
     deadline = time.monotonic() + ready_timeout_s
-    while True:
-        if process.poll() is not None:
-            raise ServerStartError(f"server exited with {process.returncode}:\n{server.log_tail()}")
-        try:
-            if server.get("/readyz")[0] == 200:
-                return server
-        except OSError:
-            pass  # not listening yet
-        if time.monotonic() > deadline:
-            server.stop()
-            raise ServerStartError(f"server not ready after {ready_timeout_s} s:\n{server.log_tail()}")
-        time.sleep(0.3)
+    try:
+        while True:
+            if process.poll() is not None:
+                raise ServerStartError(f"server exited with {process.returncode}:\n{server.log_tail()}")
+            try:
+                if server.get("/readyz")[0] == 200:
+                    return server
+            except OSError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise ServerStartError(f"server not ready after {ready_timeout_s} s:\n{server.log_tail()}")
+            time.sleep(0.3)
+    except BaseException:
+        server.stop()  # also when interrupted: no server outlives its caller
+        raise

@@ -84,6 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     server.add_argument("--no-aligned", action="store_true",
                         help="capacity: skip the second ramp with all starts aligned")
     server.add_argument("--max-batch", type=int, default=64, help="the server's max_batch (default 64)")
+    server.add_argument("--server-log-dir", type=Path,
+                        help="keep each scenario's server log here (default: temporary; errors quote its tail)")
     server.add_argument("--soak-minutes", type=float, default=10.0, help="open/close soak length (default 10)")
     server.set_defaults(func=run_server_bench)
     offline = kinds.add_parser("offline", help="Whisper encoder/generate and aligner forward/alignment times "
@@ -174,18 +176,20 @@ def run_server_bench(args: argparse.Namespace) -> int:
     tables = []
     if "overhead" in args.scenarios:
         rows = [bench_server.overhead(model, args.model, size, args.streams, args.seconds, settings,
-                                        repeats=args.repeats)
+                                        repeats=args.repeats, log_dir=args.server_log_dir)
                 for size in sizes]
         results += rows
         tables.append(("Server overhead", bench_server.overhead_table(rows)))
     if "capacity" in args.scenarios:
         rows = [bench_server.capacity(model, args.model, size, args.ramp, args.seconds, settings,
-                                        args.max_batch, frame_ms=args.frame_ms, aligned=not args.no_aligned)
+                                        args.max_batch, frame_ms=args.frame_ms, aligned=not args.no_aligned,
+                                        log_dir=args.server_log_dir)
                 for size in sizes]
         results += rows
         tables.append(("Real-time capacity", bench_server.capacity_table(rows)))
     if "memory" in args.scenarios:
-        row = bench_server.soak(args.model, args.soak_minutes, min(args.streams, 8), args.chunk_ms[-1], settings)
+        row = bench_server.soak(args.model, args.soak_minutes, min(args.streams, 8), args.chunk_ms[-1], settings,
+                                log_dir=args.server_log_dir)
         row["cache_bytes_per_stream"] = bench_server.cache_bytes_per_stream(model)
         results.append(row)
         tables.append(("Memory", bench_server.memory_table(row)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -88,14 +89,17 @@ class EngineRunner:
         """One short stream per chunk size, so the first client does not pay for lazy inits."""
         engine = self.engine
         noise = np.random.default_rng(0).normal(0.0, 1e-3, int(WARMUP_SECONDS * engine.sample_rate))
+        seconds = {}
         for size in engine.att_context_sizes:
+            started = time.monotonic()
             stream_id = engine.open_stream(StreamOptions(att_context_size=size))
             engine.push_audio(stream_id, noise.astype(np.float32))
             engine.end_stream(stream_id)
             finished = False
             while not finished:
                 finished = any(u.finished and u.stream_id == stream_id for u in engine.step())
-        log.info("engine warmed up", att_context_sizes=[list(s) for s in engine.att_context_sizes])
+            seconds[str(list(size))] = round(time.monotonic() - started, 2)
+        log.info("engine warmed up", seconds=seconds)
 
     async def stop(self) -> None:
         """Stop stepping and let the worker thread finish what it is doing."""
