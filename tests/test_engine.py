@@ -171,6 +171,23 @@ def test_decoder_cuda_graphs_switch_reaches_nemo_and_decoding_still_hears_the_le
     assert [s.text for s in streaming] == [seq.text for seq in sequences]
 
 
+def test_a_model_set_to_per_utterance_greedy_decoding_is_switched_to_label_looping(tone_model_path, rng):
+    from omegaconf import open_dict
+
+    from streamd.models import load_model
+
+    model = load_model(str(tone_model_path))
+    decoding = model.cfg.decoding.copy()
+    with open_dict(decoding):
+        decoding.strategy = "greedy"  # NeMo's one-utterance-at-a-time loop, which streams cannot share
+    model.change_decoding_strategy(decoding, verbose=False)
+    engine = StreamingEngine(model, max_batch=4, max_streams=4)
+    assert model.cfg.decoding.strategy == "greedy_batch" and model.cfg.decoding.greedy.loop_labels
+    sequences = fresh_sequences(rng, (70, 1), 4)
+    streaming = transcribe_streaming(engine, [s.audio for s in sequences], StreamOptions(att_context_size=(70, 1)))
+    assert [s.text for s in streaming] == [seq.text for seq in sequences]
+
+
 def test_own_log_mel_equals_nemo_featurizer_bit_for_bit(tone_model, rng):
     from streamd.engine.features import FeatureExtractor
 

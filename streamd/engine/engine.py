@@ -15,6 +15,9 @@ deviates from NeMo 3.0's ``CacheAwareRNNTPipeline``, and why:
   history and drops one subsampled frame instead of two. Streaming therefore equals offline.
 * The pipeline runs ending streams in a second model call per step (``keep_all_outputs``); for
   ``chunked_limited`` attention that flag changes nothing, so they share the batch here.
+* The decoder continues each stream from its decoder state alone, not from its whole partial
+  hypothesis (:meth:`StreamingEngine._continuation`): a step's cost does not grow with the
+  stream's age. That needs NeMo's label-looping batched greedy decoder, which the engine selects.
 
 The engine is single-threaded by design: one worker thread owns the model and calls every method
 (see :mod:`streamd.engine.runner`). Nothing here touches asyncio.
@@ -59,6 +62,23 @@ class StepStats:
     total_s: float = 0.0
 
 
+def _use_label_looping(model: Any) -> None:
+    """Select NeMo's batched label-looping greedy decoder if the model is configured otherwise:
+    it batches all streams of a step and continues each from its decoder state alone."""
+    from omegaconf import open_dict
+
+    decoding = model.cfg.decoding
+    if decoding.get("strategy") == "greedy_batch" and decoding.get("greedy", {}).get("loop_labels", True):
+        return
+    decoding = decoding.copy()
+    with open_dict(decoding):
+        decoding.strategy = "greedy_batch"
+        decoding.greedy = decoding.get("greedy") or {}
+        decoding.greedy.loop_labels = True
+    model.change_decoding_strategy(decoding, verbose=False)
+    log.info("decoding switched to greedy_batch with label looping (streaming needs it)")
+
+
 class _CacheSource:
     """Adapter giving NeMo's context manager the encoder's initial cache in our dtype/device."""
 
@@ -84,8 +104,10 @@ class StreamingEngine:
             CacheAwareContext,
             CacheAwareContextManager,
         )
+        from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
 
         self._context_type = CacheAwareContext
+        self._hypothesis_type = Hypothesis
         self.model = model
         self.encoder = model.encoder
         self.device, self.dtype = model_device_dtype(model)
@@ -93,6 +115,7 @@ class StreamingEngine:
             raise ValueError("streamd streams RNNT models (EncDecRNNTModel / EncDecRNNTBPEModel)")
         if getattr(self.encoder, "att_context_style", None) != "chunked_limited":
             raise ValueError("the model's encoder is not cache-aware (att_context_style chunked_limited)")
+        _use_label_looping(model)
         self.att_context_sizes = [tuple(s) for s in self.encoder.att_context_size_all]
         self.sample_rate = int(model.cfg.preprocessor.sample_rate)
         self.subsampling = int(self.encoder.subsampling_factor)
@@ -292,7 +315,7 @@ class StreamingEngine:
             t1 = time.perf_counter()
             hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
                 encoded, encoded_len, return_hypotheses=True,
-                partial_hypotheses=[s.hypothesis for s in group],
+                partial_hypotheses=[self._continuation(s.hypothesis) for s in group],
             )
         t2 = time.perf_counter()
         stats.encoder_s += t1 - t0
@@ -302,15 +325,26 @@ class StreamingEngine:
                 self.encoder_outputs[stream.stream_id].append(encoded[i, :, :n_out].float().cpu())
             stream.has_slot = True
             stream.steps += 1
-            tokens = hypothesis_tokens(hyp)
-            new_tokens = tokens[len(stream.tokens):]
-            # NeMo's partial hypotheses carry absolute encoder-frame indices (the decoder keeps
-            # the offset), so they are stream times as they are.
-            stream.tokens.extend(new_tokens)
-            stream.frames.extend(hypothesis_frames(hyp)[len(stream.frames):])
+            # The hypothesis holds this chunk's tokens only (see _continuation); their frame
+            # indices are absolute (the decoder state keeps the offset): stream times as they are.
+            stream.tokens.extend(hypothesis_tokens(hyp))
+            stream.frames.extend(hypothesis_frames(hyp))
             stream.encoder_frames += int(n_out)
             stream.hypothesis = hyp
             updates.setdefault(stream.stream_id, StreamUpdate(stream.stream_id))
+
+    def _continuation(self, previous: Any) -> Any:
+        """What the decoder continues a stream from: the last hypothesis's decoder state only.
+
+        NeMo merges each chunk's tokens into the partial hypothesis it is given (a growing
+        tensor concatenated every step), and label-looping decoding reads nothing from it but
+        the decoder state. Handing it a fresh hypothesis with that state keeps a step's work
+        independent of how long the stream has run; the tokens live in ``Stream.tokens``.
+        """
+        if previous is None:
+            return None
+        return self._hypothesis_type(score=0.0, y_sequence=None, timestamp=None, dec_state=previous.dec_state,
+                                     last_token=previous.last_token)
 
     # ----------------------------------------------------------------- transcripts
     def _last_token_frame(self, stream: Stream) -> int | None:
