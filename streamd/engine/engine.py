@@ -280,22 +280,7 @@ class StreamingEngine:
     def _run_group(self, size: tuple[int, int], drop: int, group: list[Stream], stats: StepStats,
                    updates: dict[int, StreamUpdate]) -> None:
         t0 = time.perf_counter()
-        inputs, lengths = [], []
-        for stream in group:
-            take = min(stream.pending_frames(), self._chunk_frames(stream))
-            chunk = stream.pending[:, :take]
-            stream.pending = stream.pending[:, take:]
-            history, _ = self._pre_encode(stream)
-            feed = chunk if history is None else torch.cat([history, chunk], dim=1)
-            inputs.append(feed)
-            lengths.append(feed.shape[1])
-            fed = chunk if stream.history is None else torch.cat([stream.history, chunk], dim=1)
-            stream.history = fed[:, -self.pre_encode_cache :]
-            stream.mel_frames_fed += take
-        signal = torch.zeros(len(group), self.features.n_mels, max(lengths), device=self.device, dtype=self.dtype)
-        for i, feed in enumerate(inputs):
-            signal[i, :, : feed.shape[1]] = feed
-        signal_len = torch.tensor(lengths, device=self.device)
+        signal, signal_len = self._assemble(group)
         ids = [s.stream_id for s in group]
 
         with torch.inference_mode():
@@ -332,6 +317,43 @@ class StreamingEngine:
             stream.encoder_frames += int(n_out)
             stream.hypothesis = hyp
             updates.setdefault(stream.stream_id, StreamUpdate(stream.stream_id))
+
+    def _assemble(self, group: list[Stream]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder input of a group: each stream's pre-encode history and next chunk, zero-padded
+        to the longest, as ``[B, n_mels, T]`` in the model's dtype, and the lengths.
+
+        All pieces (views) go through one ``torch.cat`` and each stream's new history is sliced from
+        one copy per distinct length: a handful of device operations per step rather than several
+        per stream, which on a GPU would each be a kernel launch.
+        """
+        feeds, lengths = [], []
+        for stream in group:
+            take = min(stream.pending_frames(), self._chunk_frames(stream))
+            history, _ = self._pre_encode(stream)
+            feeds.append(([] if history is None else [history]) + stream.take_frames(take))
+            lengths.append(sum(int(piece.shape[1]) for piece in feeds[-1]))
+            stream.mel_frames_fed += take
+        longest = max(lengths)
+        pieces = []
+        for feed, length in zip(feeds, lengths):
+            pieces += feed
+            if length < longest:
+                pieces.append(torch.zeros(self.features.n_mels, longest - length, device=self.device))
+        flat = torch.cat(pieces, dim=1)  # [n_mels, B * longest], stream after stream
+        batch = flat.view(self.features.n_mels, len(group), longest).transpose(0, 1)  # [B, n_mels, T] view
+        # The new history: the last pre-encode-cache frames of what each stream was fed (the fed
+        # history already holds as many of the old history's frames as can still be needed).
+        by_length: dict[int, list[int]] = defaultdict(list)
+        for i, length in enumerate(lengths):
+            by_length[length].append(i)
+        for length, rows in by_length.items():
+            keep = min(length, self.pre_encode_cache)
+            index = torch.tensor(rows, device=self.device)
+            histories = batch[:, :, length - keep : length].index_select(0, index)
+            for row, history in zip(rows, histories):
+                group[row].history = history
+        signal = batch.to(self.dtype, memory_format=torch.contiguous_format)
+        return signal, torch.tensor(lengths, device=self.device)
 
     def _continuation(self, previous: Any) -> Any:
         """What the decoder continues a stream from: the last hypothesis's decoder state only.

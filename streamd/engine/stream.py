@@ -59,7 +59,10 @@ class Stream:
     options: StreamOptions
     n_mels: int
     features: FeatureState = field(default_factory=FeatureState)
-    pending: torch.Tensor | None = None  # mel frames not yet fed to the encoder [n_mels, T]
+    # Mel frames not yet fed to the encoder: views [n_mels, T_i] of the featurizer's batch outputs,
+    # kept as pieces so that appending costs no copy (the step copies them once, all streams together).
+    pending: list[torch.Tensor] = field(default_factory=list)
+    pending_count: int = 0
     history: torch.Tensor | None = None  # last frames already fed (pre-encode cache) [n_mels, <=9]
     mel_frames_fed: int = 0
     encoder_frames: int = 0  # encoder frames decoded so far
@@ -83,8 +86,25 @@ class Stream:
         return self.options.att_context_size[1]
 
     def pending_frames(self) -> int:
-        return 0 if self.pending is None else int(self.pending.shape[1])
+        return self.pending_count
 
     def append_frames(self, frames: torch.Tensor) -> None:
         if frames.shape[1]:
-            self.pending = frames if self.pending is None else torch.cat([self.pending, frames], dim=1)
+            self.pending.append(frames)
+            self.pending_count += int(frames.shape[1])
+
+    def take_frames(self, count: int) -> list[torch.Tensor]:
+        """The next ``count`` pending frames, as views (no copy), removed from ``pending``."""
+        taken: list[torch.Tensor] = []
+        while count > 0:
+            piece = self.pending[0]
+            width = int(piece.shape[1])
+            if width <= count:
+                taken.append(self.pending.pop(0))
+            else:
+                taken.append(piece[:, :count])
+                self.pending[0] = piece[:, count:]
+                width = count
+            count -= width
+            self.pending_count -= width
+        return taken
