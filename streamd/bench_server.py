@@ -122,9 +122,9 @@ def engine_ceiling(model: Any, size: tuple[int, int], ramp: list[int], seconds: 
                    rng: np.random.Generator) -> tuple[int, list[dict[str, Any]]]:
     """The largest stream count of ``ramp`` whose batched p99 step time fits in one chunk."""
     chunk_ms = chunk_length_ms(size)
-    warm_up(model, size, rng)
     ceiling, tried = 0, []
     for count in ramp:
+        warm_up(model, size, rng, count)
         run = run_engine(model, [bench_audio(rng, seconds) for _ in range(count)], size, max_batch=count)
         tried.append({"streams": count, "step_p99_ms": round(run.step_p99_ms, 1)})
         log.info("engine ceiling level", chunk_ms=chunk_ms, **tried[-1])
