@@ -32,6 +32,14 @@ PCM16_SUBTYPES = {"PCM_16", "PCM_S8", "PCM_U8", "ULAW", "ALAW"}
 class ClientError(Exception):
     """A session that could not complete: connection refused, HTTP 503, or a server ``error``."""
 
+    exit_code = 1
+
+
+class AudioFileError(ClientError):
+    """An audio file the client cannot read: a usage error, so exit code 2."""
+
+    exit_code = 2
+
 
 def fail(message: object, exit_code: int = 1) -> int:
     """Report a failure on stderr, without a traceback; return the exit code."""
@@ -58,10 +66,14 @@ class Pcm:
 
     @classmethod
     def read(cls, path: str) -> Pcm:
-        """Any file soundfile reads, at its own rate and channels (the server resamples)."""
-        info = sf.info(path)
-        encoding = "pcm_s16le" if info.subtype in PCM16_SUBTYPES else "f32le"
-        samples, rate = sf.read(path, dtype="int16" if encoding == "pcm_s16le" else "float32", always_2d=True)
+        """Any file soundfile reads, at its own rate and channels (the server resamples);
+        :class:`AudioFileError` for a file it cannot read."""
+        try:
+            info = sf.info(path)
+            encoding = "pcm_s16le" if info.subtype in PCM16_SUBTYPES else "f32le"
+            samples, rate = sf.read(path, dtype="int16" if encoding == "pcm_s16le" else "float32", always_2d=True)
+        except Exception as exc:  # soundfile raises several types for missing or unreadable files
+            raise AudioFileError(f"cannot read {path}: {exc}") from exc
         return cls.from_array(samples, int(rate), encoding)
 
     @property

@@ -126,12 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         pcm = Pcm.read(args.file)
-    except Exception as exc:  # soundfile raises several types for unreadable files
-        return fail(f"cannot read {args.file}: {exc}", 2)
-    try:
         report = asyncio.run(run(args, pcm))
     except ClientError as exc:
-        return fail(exc)
+        return fail(exc, exc.exit_code)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latency.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "latency.md").write_text(markdown(report))

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(transcribe_microphone(args, sounddevice, rate))
     except ClientError as exc:
-        return fail(exc)
+        return fail(exc, exc.exit_code)
     except KeyboardInterrupt:
         return 130
     return 0

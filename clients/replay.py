@@ -54,13 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         pcm = Pcm.read(args.file)
-    except Exception as exc:  # soundfile raises several types for unreadable files
-        return fail(f"cannot read {args.file}: {exc}", 2)
-    try:
         summary = asyncio.run(replay(args.url, pcm, args.chunk_ms, args.frame_ms, args.realtime,
                                      None if args.json else LiveView()))
     except ClientError as exc:
-        return fail(exc)
+        return fail(exc, exc.exit_code)
     if args.json:
         print(json.dumps({"file": args.file, "url": args.url, **summary}))
     return 0
