@@ -3,8 +3,10 @@
 #
 #   bench/gpu_session.sh OUTDIR [TONE_MODEL.nemo]
 #
-# Run it outside the repository root (or with streamd installed): `python -m streamd` there
-# would import the source tree, which lacks the installed streamd.patches/streamd.mocks layout.
+# With a venv from setup_env.sh: PY=.venv/bin/python. With streamd installed from wheels on
+# PYTHONPATH instead (bench/offline_wheels.sh), run it outside the checkout: `python -m streamd`
+# in the checkout's root would import the source tree, which lacks the installed
+# streamd.patches/streamd.mocks layout (an editable install maps them).
 # Stages run in order of importance, each with its own time limit, so that one slow or failing
 # stage leaves the others' results in OUTDIR (logs, JSON, tables.md, stages.txt):
 #   1. correctness on the device: the tone model recognizes known tone audio on DEVICE in
