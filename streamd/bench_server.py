@@ -162,8 +162,9 @@ def _mib(count: int | None) -> float | None:
     return None if count is None else round(count / MIB, 1)
 
 
-def _peak(levels: list[dict[str, Any]], key: str) -> float | None:
-    values = [lv[key] for lv in levels if lv[key] is not None]
+def _peak(idle: float | None, levels: list[dict[str, Any]], key: str) -> float | None:
+    """The largest of the idle reading and the levels' (None where nothing was measured)."""
+    values = [v for v in [idle, *(lv[key] for lv in levels)] if v is not None]
     return max(values) if values else None
 
 
@@ -196,8 +197,8 @@ def capacity(model: Any, model_path: str, size: tuple[int, int], ramp: list[int]
             "engine_ceiling_streams": ceiling, "engine_levels": engine_levels,
             "capacity_vs_ceiling": round(holds / ceiling, 3) if ceiling else None,
             "aligned_vs_ceiling": round(aligned_holds / ceiling, 3) if ceiling and aligned_holds is not None else None,
-            "idle_rss_mib": idle_rss, "peak_rss_mib": _peak(levels + aligned_levels, "rss_mib"),
-            "idle_gpu_mib": idle_gpu, "peak_gpu_mib": _peak(levels + aligned_levels, "gpu_mib"),
+            "idle_rss_mib": idle_rss, "peak_rss_mib": _peak(idle_rss, levels + aligned_levels, "rss_mib"),
+            "idle_gpu_mib": idle_gpu, "peak_gpu_mib": _peak(idle_gpu, levels + aligned_levels, "gpu_mib"),
             "levels": levels, "aligned_levels": aligned_levels}
 
 

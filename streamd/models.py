@@ -300,9 +300,27 @@ def set_decoder_cuda_graphs(model: Any, enabled: bool) -> None:
     NeMo does by default on CUDA (``decoding.greedy.use_cuda_graph_decoder``) and never on other
     devices; the switch exists to compare both on a GPU (docs/benchmarks.md).
     """
-    if model.cfg.decoding.greedy.get("use_cuda_graph_decoder", True) == enabled:
-        return
-    decoding = model.cfg.decoding.copy()
+    configure_decoding(model, use_cuda_graph_decoder=enabled)
+
+
+# NeMo's values for the greedy options streamd sets, where a model's config leaves them out.
+_GREEDY_DEFAULTS = {"loop_labels": True, "use_cuda_graph_decoder": True}
+
+
+def configure_decoding(model: Any, strategy: str | None = None, **greedy: Any) -> bool:
+    """Set ``decoding.strategy`` and ``decoding.greedy`` options; NeMo's decoder is rebuilt only
+    when one of them differs from the model's (returns whether it was)."""
+    decoding = model.cfg.decoding
+    current = decoding.get("greedy") or {}
+    if (strategy is None or decoding.get("strategy") == strategy) and all(
+            current.get(key, _GREEDY_DEFAULTS.get(key)) == value for key, value in greedy.items()):
+        return False
+    decoding = decoding.copy()
     with open_dict(decoding):
-        decoding.greedy.use_cuda_graph_decoder = enabled
+        if strategy is not None:
+            decoding.strategy = strategy
+        decoding.greedy = decoding.get("greedy") or {}
+        for key, value in greedy.items():
+            decoding.greedy[key] = value
     model.change_decoding_strategy(decoding, verbose=False)
+    return True

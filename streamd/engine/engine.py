@@ -41,6 +41,7 @@ from streamd.engine.features import FeatureExtractor, append_samples
 from streamd.engine.offline import frame_seconds, hypothesis_frames, hypothesis_tokens, model_device_dtype
 from streamd.engine.stream import Stream, StreamOptions, StreamUpdate, Utterance
 from streamd.log import get_logger
+from streamd.models import configure_decoding
 from streamd.nemo_import import import_nemo_asr
 
 log = get_logger(__name__)
@@ -60,23 +61,6 @@ class StepStats:
     encoder_s: float = 0.0
     decoder_s: float = 0.0
     total_s: float = 0.0
-
-
-def _use_label_looping(model: Any) -> None:
-    """Select NeMo's batched label-looping greedy decoder if the model is configured otherwise:
-    it batches all streams of a step and continues each from its decoder state alone."""
-    from omegaconf import open_dict
-
-    decoding = model.cfg.decoding
-    if decoding.get("strategy") == "greedy_batch" and decoding.get("greedy", {}).get("loop_labels", True):
-        return
-    decoding = decoding.copy()
-    with open_dict(decoding):
-        decoding.strategy = "greedy_batch"
-        decoding.greedy = decoding.get("greedy") or {}
-        decoding.greedy.loop_labels = True
-    model.change_decoding_strategy(decoding, verbose=False)
-    log.info("decoding switched to greedy_batch with label looping (streaming needs it)")
 
 
 class _CacheSource:
@@ -115,7 +99,10 @@ class StreamingEngine:
             raise ValueError("streamd streams RNNT models (EncDecRNNTModel / EncDecRNNTBPEModel)")
         if getattr(self.encoder, "att_context_style", None) != "chunked_limited":
             raise ValueError("the model's encoder is not cache-aware (att_context_style chunked_limited)")
-        _use_label_looping(model)
+        # Label-looping batched greedy decoding: it batches all streams of a step and continues
+        # each from its decoder state alone (_continuation).
+        if configure_decoding(model, "greedy_batch", loop_labels=True):
+            log.info("decoding switched to greedy_batch with label looping (streaming needs it)")
         self.att_context_sizes = [tuple(s) for s in self.encoder.att_context_size_all]
         self.sample_rate = int(model.cfg.preprocessor.sample_rate)
         self.subsampling = int(self.encoder.subsampling_factor)
