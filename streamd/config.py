@@ -41,6 +41,7 @@ class ServeConfig:
     max_sessions: int = 64  # concurrent WebSocket sessions; more get HTTP 503
     max_batch: int = 32  # streams per model step
     decoder_cuda_graphs: bool = True  # RNNT decoder label loop as CUDA graphs (CUDA only)
+    encoder_cuda_graphs: bool = False  # encoder's steady streaming steps as CUDA graphs (CUDA only)
     default_chunk_ms: int = 1120  # chunk of a session whose config names none
     max_message_bytes: int = 1_048_576  # larger frames end the session (message_too_big)
     idle_timeout_s: float = 30.0  # no client message this long ends the session

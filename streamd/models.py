@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from streamd.engine.encoder_step import encoder_step
 from streamd.log import get_logger
 from streamd.nemo_import import import_nemo_asr
 
@@ -271,12 +272,13 @@ def _load_pretrained(nemo_asr: Any, name: str, map_location: Any, timeout_s: flo
 
 
 def prepare_model(name_or_path: str, device: str = "auto", dtype: str = "float32",
-                  decoder_cuda_graphs: bool = True) -> Any:
+                  decoder_cuda_graphs: bool = True, encoder_cuda_graphs: bool = False) -> Any:
     """Load a model onto a device in a dtype, ready for inference.
 
     The feature extractor stays in float32 (log-mel of low-precision audio loses the quiet
     bins); only the encoder, decoder and joint run in ``dtype``. ``decoder_cuda_graphs``: see
-    :func:`set_decoder_cuda_graphs`.
+    :func:`set_decoder_cuda_graphs`; ``encoder_cuda_graphs``: the streaming engine replays the
+    encoder's steady steps from CUDA graphs (CUDA only; :mod:`streamd.engine.encoder_step`).
     """
     from streamd.devices import check_dtype_supported, parse_dtype, resolve_device
 
@@ -291,6 +293,7 @@ def prepare_model(name_or_path: str, device: str = "auto", dtype: str = "float32
         network.to(dtype=torch_dtype)
     model.eval()
     set_decoder_cuda_graphs(model, decoder_cuda_graphs)
+    encoder_step(model).set_cuda_graphs(encoder_cuda_graphs)
     return model
 
 

@@ -96,7 +96,7 @@ class Server:
             if s.threads:
                 torch.set_num_threads(s.threads)
             started = time.monotonic()
-            model = prepare_model(s.model, s.device, s.dtype, s.decoder_cuda_graphs)
+            model = prepare_model(s.model, s.device, s.dtype, s.decoder_cuda_graphs, s.encoder_cuda_graphs)
             if is_untrained(model):
                 log.warning(UNTRAINED_WARNING)
             log.info("model loaded", seconds=round(time.monotonic() - started, 1))

@@ -56,20 +56,24 @@ def test_server_bench_overhead_capacity_and_memory(tone_model_path: Path, tmp_pa
     assert "Server overhead" in text and "Real-time capacity" in text and "Memory" in text
 
 
-def test_capacity_one_frame_per_chunk_without_the_aligned_ramp_keeps_the_server_log(tone_model_path: Path,
-                                                                                    tmp_path: Path):
+def test_capacity_one_frame_per_chunk_without_the_aligned_ramp_or_ceiling_keeps_the_server_log(
+        tone_model_path: Path, tmp_path: Path):
     out, logs = tmp_path / "capacity.json", tmp_path / "logs"
     logs.mkdir()
     streamd_cli("bench", "server", "--model", str(tone_model_path), "--scenarios", "capacity", "--chunk-ms", "560",
-                "--seconds", "2", "--ramp", "1,2", "--frame-ms", "chunk", "--no-aligned",
-                "--server-log-dir", str(logs), "--out", str(out))
-    (capacity,) = json.loads(out.read_text())["results"]
+                "--seconds", "2", "--ramp", "1,2", "--frame-ms", "chunk", "--no-aligned", "--no-ceiling",
+                "--encoder-cuda-graphs", "on", "--server-log-dir", str(logs), "--out", str(out))
+    report = json.loads(out.read_text())
+    (capacity,) = report["results"]
     assert capacity["frame_ms"] == 560 and capacity["capacity_streams"] == 2
     assert capacity["aligned_capacity_streams"] is None and capacity["aligned_levels"] == []
+    assert capacity["engine_ceiling_streams"] is None and capacity["engine_levels"] == []
+    assert report["meta"]["encoder_cuda_graphs"] == "on"
     for level in capacity["levels"]:
         assert level["rss_mib"] > 0 and level["gpu_mib"] is None  # no GPU here
     server_log = (logs / "server-capacity-560.log").read_text()
     assert '"event": "ready"' in server_log and '"event": "engine built"' in server_log
+    assert "encoder CUDA graphs need a CUDA device" in server_log  # asked for on a CPU: said, and eager
 
 
 def test_offline_bench_times_whisper_and_aligner_on_each_side(tiny_en_dir: Path, untrained_aligner_dir: Path,

@@ -56,6 +56,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--decoder-cuda-graphs", type=_on_off, default=True, metavar="on|off",
                         help="RNNT decoder label loop as CUDA graphs (CUDA only; default on, NeMo's default)")
+    parser.add_argument("--encoder-cuda-graphs", type=_on_off, default=False, metavar="on|off",
+                        help="replay the encoder's steady streaming steps from CUDA graphs (CUDA only; default off)")
     parser.add_argument("--out", required=True, help="JSON results file")
     parser.add_argument("--markdown", help="append the tables, with machine/date/command, to this file")
 
@@ -83,6 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "benchmark's own client process the limit)")
     server.add_argument("--no-aligned", action="store_true",
                         help="capacity: skip the second ramp with all starts aligned")
+    server.add_argument("--no-ceiling", action="store_true",
+                        help="capacity: skip the engine-only ceiling ramp (e.g. when `bench engine` measures it)")
     server.add_argument("--max-batch", type=int, default=64, help="the server's max_batch (default 64)")
     server.add_argument("--server-log-dir", type=Path,
                         help="keep each scenario's server log here (default: temporary; errors quote its tail)")
@@ -119,7 +123,7 @@ def _load(args: argparse.Namespace) -> Any:
     from streamd.models import prepare_model
 
     torch.set_num_threads(args.threads)
-    return prepare_model(args.model, args.device, args.dtype, args.decoder_cuda_graphs)
+    return prepare_model(args.model, args.device, args.dtype, args.decoder_cuda_graphs, args.encoder_cuda_graphs)
 
 
 def _model_meta(args: argparse.Namespace, model: Any) -> dict[str, Any]:
@@ -128,10 +132,12 @@ def _model_meta(args: argparse.Namespace, model: Any) -> dict[str, Any]:
 
     device = next(model.parameters()).device
     arch = dict(model.cfg.get("streamd") or {}).get("arch", "unknown")
+    notes = ("" if args.decoder_cuda_graphs else ", decoder CUDA graphs off") + (
+        ", encoder CUDA graphs on" if args.encoder_cuda_graphs else "")  # where not the default
     return {"machine": machine_description(device), "device": str(device), "dtype": args.dtype,
             "model": args.model, "arch": arch, "decoder_cuda_graphs": "on" if args.decoder_cuda_graphs else "off",
-            "title": f"{arch} on {device} ({args.dtype}"
-                     + (")" if args.decoder_cuda_graphs else ", decoder CUDA graphs off)")}
+            "encoder_cuda_graphs": "on" if args.encoder_cuda_graphs else "off",
+            "title": f"{arch} on {device} ({args.dtype}{notes})"}
 
 
 def _report(args: argparse.Namespace, meta: dict[str, Any], results: list[dict[str, Any]],
@@ -171,7 +177,7 @@ def run_server_bench(args: argparse.Namespace) -> int:
         return 2
     model = _load(args)
     settings = {"threads": args.threads, "device": args.device, "dtype": args.dtype,
-                "decoder_cuda_graphs": args.decoder_cuda_graphs}
+                "decoder_cuda_graphs": args.decoder_cuda_graphs, "encoder_cuda_graphs": args.encoder_cuda_graphs}
     results: list[dict[str, Any]] = []
     tables = []
     if "overhead" in args.scenarios:
@@ -183,7 +189,7 @@ def run_server_bench(args: argparse.Namespace) -> int:
     if "capacity" in args.scenarios:
         rows = [bench_server.capacity(model, args.model, size, args.ramp, args.seconds, settings,
                                         args.max_batch, frame_ms=args.frame_ms, aligned=not args.no_aligned,
-                                        log_dir=args.server_log_dir)
+                                        ceiling=not args.no_ceiling, log_dir=args.server_log_dir)
                 for size in sizes]
         results += rows
         tables.append(("Real-time capacity", bench_server.capacity_table(rows)))

@@ -18,6 +18,8 @@ deviates from NeMo 3.0's ``CacheAwareRNNTPipeline``, and why:
 * The decoder continues each stream from its decoder state alone, not from its whole partial
   hypothesis (:meth:`StreamingEngine._continuation`): a step's cost does not grow with the
   stream's age. That needs NeMo's label-looping batched greedy decoder, which the engine selects.
+* On CUDA the encoder's steady steps can be replayed from CUDA graphs, which NeMo does for the
+  decoder only (:mod:`streamd.engine.encoder_step`; ``prepare_model(encoder_cuda_graphs=...)``).
 
 The engine is single-threaded by design: one worker thread owns the model and calls every method
 (see :mod:`streamd.engine.runner`). Nothing here touches asyncio.
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from streamd.engine.decoding import tokens_to_text, tokens_to_words
+from streamd.engine.encoder_step import buckets_up_to, encoder_step
 from streamd.engine.endpointing import utterance_ended
 from streamd.engine.features import FeatureExtractor, append_samples
 from streamd.engine.offline import frame_seconds, hypothesis_frames, hypothesis_tokens, model_device_dtype
@@ -117,6 +120,11 @@ class StreamingEngine:
         first = self._streaming_cfgs[self.att_context_sizes[0]]
         self.pre_encode_cache = int(first.pre_encode_cache_size[1])
         self.drop_extra = int(first.drop_extra_pre_encoded)
+        # A steady step: a whole chunk after a full pre-encode history (the one step shape that
+        # the encoder's CUDA graphs replay, see streamd.engine.encoder_step).
+        self._steady_frames = {size: int(cfg.chunk_size[1]) + self.pre_encode_cache
+                               for size, cfg in self._streaming_cfgs.items()}
+        self._encoder_step = encoder_step(model)  # eager, or CUDA graphs as prepare_model set
         self.contexts = CacheAwareContextManager(_CacheSource(self.encoder, self.dtype, self.device), max_streams)
         self.streams: dict[int, Stream] = {}
         self._ids = itertools.count()
@@ -271,18 +279,12 @@ class StreamingEngine:
         ids = [s.stream_id for s in group]
 
         with torch.inference_mode():
-            self.encoder.att_context_size = list(size)
-            self.encoder.streaming_cfg = self._streaming_cfgs[size]
+            self._use_size(size)
             context, mapping = self.contexts.get_context(ids)
-            encoded, encoded_len, cache_channel, cache_time, cache_len = self.encoder.cache_aware_stream_step(
-                processed_signal=signal,
-                processed_signal_length=signal_len,
-                cache_last_channel=context.cache_last_channel,
-                cache_last_time=context.cache_last_time,
-                cache_last_channel_len=context.cache_last_channel_len,
-                keep_all_outputs=True,
-                drop_extra_pre_encoded=drop,
-            )
+            encoded, encoded_len, cache_channel, cache_time, cache_len = self._encoder_step(
+                signal, signal_len,
+                (context.cache_last_channel, context.cache_last_time, context.cache_last_channel_len), drop,
+                key=size, steady=drop == self.drop_extra and signal.shape[2] == self._steady_frames[size])
             self.contexts.update_cache(ids, self._context_type(cache_channel, cache_time, cache_len), mapping)
             t1 = time.perf_counter()
             hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
@@ -304,6 +306,25 @@ class StreamingEngine:
             stream.encoder_frames += int(n_out)
             stream.hypothesis = hyp
             updates.setdefault(stream.stream_id, StreamUpdate(stream.stream_id))
+
+    def _use_size(self, size: tuple[int, int]) -> None:
+        """Point the encoder at one chunk size's attention context and streaming settings."""
+        self.encoder.att_context_size = list(size)
+        self.encoder.streaming_cfg = self._streaming_cfgs[size]
+
+    def capture_encoder_graphs(self) -> int:
+        """With encoder CUDA graphs on, capture the steady step of every chunk size for every batch
+        bucket up to ``max_batch`` now, so that no live step waits for a capture (the largest
+        first: it sizes the shared buffers). Returns how many graphs are held."""
+        if not self._encoder_step.cuda_graphs:
+            return 0
+        with torch.inference_mode():
+            for size in self.att_context_sizes:
+                self._use_size(size)
+                for rows in buckets_up_to(self.max_batch):
+                    self._encoder_step.capture(size, self.drop_extra, self._steady_frames[size], rows,
+                                               self.features.n_mels)
+        return self._encoder_step.graphs_captured
 
     def _assemble(self, group: list[Stream]) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder input of a group: each stream's pre-encode history and next chunk, zero-padded
