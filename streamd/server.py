@@ -10,6 +10,7 @@ stop accepting, end every session's stream with a ``shutdown`` final, and exit 0
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import signal
 import time
 from http import HTTPStatus
@@ -180,7 +181,9 @@ def _json(connection: ServerConnection, status: HTTPStatus, body: str) -> Respon
 
 
 async def run_server(settings: ServeConfig) -> int:
-    """Run until SIGTERM or SIGINT; return the process exit code."""
+    """Run until SIGTERM or SIGINT; return the process exit code. SIGUSR1 writes every thread's
+    stack to stderr (the log) and carries on: for a server that looks stuck."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -44,8 +44,8 @@ class ServerProcess:
         finally:
             connection.close()
 
-    def log_tail(self) -> str:
-        return self.log_path.read_text()[-4000:]
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text()[-chars:]
 
     def rss_bytes(self) -> int:
         """The server process's resident memory (Linux ``/proc``)."""
@@ -106,17 +106,23 @@ def start_server(model: str | Path, log_path: Path, ready_timeout_s: float = 300
         )
     server = ServerProcess(process, port, log_path)
     deadline = time.monotonic() + ready_timeout_s
+    answer = "none"  # the last probe's answer, for the error
     try:
         while True:
             if process.poll() is not None:
                 raise ServerStartError(f"server exited with {process.returncode}:\n{server.log_tail()}")
             try:
-                if server.get("/readyz")[0] == 200:
+                status, _, body = server.get("/readyz")
+                if status == 200:
                     return server
-            except OSError:
-                pass  # not listening yet
+                answer = f"{status} {body}"
+            except (OSError, http.client.HTTPException, ValueError) as exc:  # not listening yet, or no JSON
+                answer = repr(exc)
             if time.monotonic() > deadline:
-                raise ServerStartError(f"server not ready after {ready_timeout_s} s:\n{server.log_tail()}")
+                process.send_signal(signal.SIGUSR1)  # its threads' stacks go to the log
+                time.sleep(1)
+                raise ServerStartError(f"server not ready after {ready_timeout_s} s (last /readyz answer: "
+                                       f"{answer}); its threads' stacks end the log:\n{server.log_tail(12000)}")
             time.sleep(0.3)
     except BaseException:
         server.stop()  # also when interrupted: no server outlives its caller

@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,21 @@ def test_probes_answer_json(server: ServerProcess):
     status, headers, body = server.get("/readyz")
     assert status == 200 and headers["Content-Type"] == "application/json"
     assert body["status"] == "ready" and body["max_sessions"] == LIMITS["max_sessions"]
+
+
+def test_sigusr1_dumps_every_threads_stack_to_the_log_and_the_server_carries_on(server: ServerProcess):
+    before = server.log_path.read_text().count("most recent call first")
+    server.process.send_signal(signal.SIGUSR1)
+    for _ in range(50):
+        text = server.log_path.read_text()
+        if text.count("most recent call first") > before:
+            break
+        time.sleep(0.1)
+    starts = [m.start() for m in re.finditer("most recent call first", text)]
+    dump = text[text.rfind("\n", 0, starts[before]):]  # this signal's dump: every thread
+    assert "_worker" in dump, "the engine thread's stack"
+    assert "run_forever" in dump[dump.find("Current thread"):], "the event loop's stack"
+    assert server.get("/readyz")[0] == 200
 
 
 def test_compression_offered_by_a_client_is_declined(server: ServerProcess):

@@ -15,7 +15,8 @@ this way but not the encoder, so this module does, within what a graph allows:
   eagerly. They are a stream's first and last steps only.
 * Inputs and the new caches live in static buffers sized for the largest bucket used so far,
   shared by every graph (a bucket uses its leading rows). When a larger bucket is needed, the
-  buffers grow and the captured graphs are dropped and captured again as they are used.
+  buffers grow and graphs are captured again as they are used; the old ones are retired, not
+  destroyed (below). The server captures the largest bucket first, so its buffers never grow.
 * Graphs are kept per model, not per engine, so that the engines a benchmark builds over one
   model share them (:func:`encoder_step`); all share one memory pool (only one runs at a time).
 
@@ -78,6 +79,11 @@ class EncoderStep:
         self.cuda_graphs = False
         self.static_buffers = False  # the graph path's buffers without capturing (CPU tests)
         self._graphs: dict[tuple[Any, ...], _Graph] = {}
+        # Graphs captured on buffers since outgrown, kept alive with their buffers until graphs are
+        # switched off. On an H200 (torch 2.11), the first replay after the old graphs were destroyed
+        # at a growth hit an illegal memory access (2026-11-27; cause not established): keeping
+        # them costs only the smaller buffers.
+        self._retired: list[_Graph] = []
         self._rows = 0  # batch rows of the static buffers
         self._buffers: dict[str, torch.Tensor] = {}
         self._signals: dict[int, torch.Tensor] = {}  # per mel frame count
@@ -90,6 +96,8 @@ class EncoderStep:
             enabled = False
         if enabled != self.cuda_graphs:
             self._reset(0)  # new buffers when next needed, and with them a memory pool for the graphs
+            self._retired.clear()
+            self._pool = None
         self.cuda_graphs = enabled
 
     @property
@@ -152,10 +160,11 @@ class EncoderStep:
         return graph
 
     def _grow(self, rows: int, cache: tuple[torch.Tensor, ...]) -> None:
-        """Static buffers for ``rows`` streams; graphs captured on the old ones are dropped."""
+        """Static buffers for ``rows`` streams; graphs captured on the old ones are retired."""
         if self._graphs:
-            log.info("encoder graph buffers grow; graphs are captured again", rows=rows, dropped=len(self._graphs))
-        self._reset(rows)  # before allocating: the old buffers' memory can be reused
+            log.info("encoder graph buffers grow; graphs are captured again", rows=rows, retired=len(self._graphs))
+        self._retired.extend(self._graphs.values())
+        self._reset(rows)
         channel, conv, channel_len = cache
         self._buffers = {
             "channel": channel.new_zeros((channel.shape[0], rows, *channel.shape[2:])),
@@ -163,7 +172,8 @@ class EncoderStep:
             "channel_len": channel_len.new_zeros(rows),
             "lengths": torch.zeros(rows, dtype=torch.int64, device=self.device),
         }
-        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        if self.cuda_graphs and self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
 
     def _reset(self, rows: int) -> None:
         self._graphs.clear()
