@@ -17,9 +17,10 @@
 #   3. engine ceiling in DTYPE with the encoder's CUDA graphs on and off (tokens/s column)
 #   4. real-time capacity through the server at 160 and 1120 ms chunks (Riva NIM's published
 #      figures: >400 streams at 160 ms, >1500 at 1120 ms), the server logs kept. First a probe: a
-#      server with the tone model must answer /readyz 200 within 90 s (on the lent H200s it had
-#      stopped answering once ready, 2026-11-26/27: if so the error quotes its threads' stacks, the
-#      same probe runs on the CPU to tell the GPU's part, and the capacity runs are skipped).
+#      server with the tone model must answer /readyz 200 (bench/serve_probe.py; on the lent H200s
+#      it had stopped answering once ready, 2026-11-26/27: if so, the probe's server log holds any
+#      handshake exception and the threads' stacks, the same probe runs on the CPU to tell the
+#      GPU's part, and the capacity runs are skipped).
 #   5. with EXTRA=1: RNNT decoder CUDA graphs off; parity CPU fp32 vs DEVICE/DTYPE (tones, nemotron)
 # Environment: PY (default python3), DEVICE (cuda), DTYPE (bfloat16), the sizes below, and
 # PACK: a .tar.gz of OUTDIR rewritten after every stage (for runners that fetch few files).
@@ -98,17 +99,15 @@ capacity() {  # capacity CHUNK_MS RAMP MAX_BATCH: one run per chunk size, so tha
 }
 [ "$ENCODER_GRAPHS" = on ] && engine encoder-graphs-on --encoder-cuda-graphs on
 engine encoder-graphs-off --encoder-cuda-graphs off
-probe() {  # probe DEVICE: does a server on DEVICE turn ready and answer?
-    stage "serve-probe-$1" 150 "$PY" -c "import sys; from pathlib import Path; from streamd.serverproc import start_server
-s = start_server(sys.argv[1], Path(sys.argv[2]), ready_timeout_s=90, device=sys.argv[3], max_sessions=600)
-print('readyz', s.get('/readyz'), 'healthz', s.get('/healthz')); sys.exit(s.stop())" \
-        "${TONES:-$MODEL}" "$OUT/server-probe-$1.log" "$1"
+probe() {  # probe DEVICE: does a server on DEVICE turn ready and answer? (bench/serve_probe.py)
+    stage "serve-probe-$1" 150 "$PY" "$HERE/serve_probe.py" "${TONES:-$MODEL}" --device "$1" \
+        --log "$OUT/server-probe-$1.log" max_sessions=600
+    tail -5 "$OUT/serve-probe-$1.log"
 }
 if probe "$DEVICE"; then
     capacity 160 "$RAMP_160" "$MAX_BATCH_160"
     capacity 1120 "$RAMP_1120" "$MAX_BATCH_1120"
 else
-    tail -c 6000 "$OUT/serve-probe-$DEVICE.log"
     probe cpu
 fi
 if [ "${EXTRA:-0}" = 1 ]; then
