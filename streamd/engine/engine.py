@@ -87,13 +87,9 @@ class StreamingEngine:
     def __init__(self, model: Any, max_batch: int = 32, max_streams: int = 64,
                  record_encoder_output: bool = False) -> None:
         nemo_asr = import_nemo_asr()
-        from nemo.collections.asr.inference.utils.context_manager import (
-            CacheAwareContext,
-            CacheAwareContextManager,
-        )
+        from nemo.collections.asr.inference.utils.context_manager import CacheAwareContextManager
         from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
 
-        self._context_type = CacheAwareContext
         self._hypothesis_type = Hypothesis
         self.model = model
         self.encoder = model.encoder
@@ -280,12 +276,12 @@ class StreamingEngine:
 
         with torch.inference_mode():
             self._use_size(size)
-            context, mapping = self.contexts.get_context(ids)
+            context, _ = self.contexts.get_context(ids)
             encoded, encoded_len, cache_channel, cache_time, cache_len = self._encoder_step(
                 signal, signal_len,
                 (context.cache_last_channel, context.cache_last_time, context.cache_last_channel_len), drop,
                 key=size, steady=drop == self.drop_extra and signal.shape[2] == self._steady_frames[size])
-            self.contexts.update_cache(ids, self._context_type(cache_channel, cache_time, cache_len), mapping)
+            self._store_caches(ids, cache_channel, cache_time, cache_len)
             t1 = time.perf_counter()
             hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
                 encoded, encoded_len, return_hypotheses=True,
@@ -306,6 +302,17 @@ class StreamingEngine:
             stream.encoder_frames += int(n_out)
             stream.hypothesis = hyp
             updates.setdefault(stream.stream_id, StreamUpdate(stream.stream_id))
+
+    def _store_caches(self, ids: list[int], channel: torch.Tensor, conv: torch.Tensor, channel_len: torch.Tensor
+                      ) -> None:
+        """Write a group's new caches into its streams' slots. NeMo's ``update_cache`` first gathers
+        them again through the slot mapping, which here is the identity (rows are in ``ids``
+        order): a copy of every cache of the group per step, saved here."""
+        contexts = self.contexts
+        slots = torch.tensor([contexts.streamidx2slotidx[i] for i in ids], device=self.device)
+        contexts.cache_last_channel.index_copy_(1, slots, channel)
+        contexts.cache_last_time.index_copy_(1, slots, conv)
+        contexts.cache_last_channel_len.index_copy_(0, slots, channel_len)
 
     def _use_size(self, size: tuple[int, int]) -> None:
         """Point the encoder at one chunk size's attention context and streaming settings."""
