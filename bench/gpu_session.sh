@@ -14,7 +14,9 @@
 #      Skipped without TONE_MODEL; if the engine crashes there, the script stops; if a transcript
 #      differs with graphs on, the later stages run with them off.
 #   2. nemotron-0.6b (untrained: same shapes and FLOPs) built
-#   3. engine ceiling in DTYPE with the encoder's CUDA graphs on and off (tokens/s column)
+#   3. engine ceiling in DTYPE with the encoder's CUDA graphs on and off (tokens/s column); if
+#      "on" fails, once more with CUDA_LAUNCH_BLOCKING=1 (the failing operation) and the later
+#      stages run with the graphs off
 #   4. real-time capacity through the server at 160 and 1120 ms chunks (Riva NIM's published
 #      figures: >400 streams at 160 ms, >1500 at 1120 ms), the server logs kept. First a probe: a
 #      server with the tone model must answer /readyz 200 (bench/serve_probe.py; on the lent H200s
@@ -97,7 +99,14 @@ capacity() {  # capacity CHUNK_MS RAMP MAX_BATCH: one run per chunk size, so tha
         --max-batch "$3" --frame-ms chunk --no-aligned --no-ceiling --seconds "$CAPACITY_SECONDS" \
         --server-log-dir "$OUT" --out "$OUT/capacity-$1.json" --markdown "$OUT/tables.md"
 }
-[ "$ENCODER_GRAPHS" = on ] && engine encoder-graphs-on --encoder-cuda-graphs on
+if [ "$ENCODER_GRAPHS" = on ] && ! engine encoder-graphs-on --encoder-cuda-graphs on; then
+    # Where did it fail? With launches synchronous, the traceback names the failing operation
+    # (2026-11-27: an illegal memory access after the buffers grew, 64 -> 512 streams).
+    ENCODER_GRAPHS=off
+    CUDA_LAUNCH_BLOCKING=1 stage engine-encoder-graphs-on-blocking 120 "${STREAMD[@]}" bench engine \
+        --model "$MODEL" "${ON_DEVICE[@]}" --encoder-cuda-graphs on --streams 64,512 --chunk-ms 160 \
+        --seconds 2 --no-sequential --out "$OUT/engine-encoder-graphs-on-blocking.json"
+fi
 engine encoder-graphs-off --encoder-cuda-graphs off
 probe() {  # probe DEVICE: does a server on DEVICE turn ready and answer? (bench/serve_probe.py)
     stage "serve-probe-$1" 150 "$PY" "$HERE/serve_probe.py" "${TONES:-$MODEL}" --device "$1" \
