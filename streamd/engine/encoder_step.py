@@ -110,15 +110,16 @@ class EncoderStep:
         settings (the chunk size, set on the encoder by the caller): graphs are per key, frame
         count, frames dropped and bucket. ``steady``: every stream is fed a whole chunk after a full
         history, so that the frame count is the chunk size's one (only such steps are replayed)."""
+        if not steady or not (self.cuda_graphs or self.static_buffers):
+            return self._eager(signal, lengths, cache, drop)
         batch, frames = signal.shape[0], signal.shape[2]
-        rows = bucket(batch)
-        graph = self._graph(key, drop, frames, rows, signal.shape[1], cache) if steady else None
+        graph = self._graph(key, drop, frames, bucket(batch), signal.shape[1], cache)
         if graph is None:
             return self._eager(signal, lengths, cache, drop)
+        # Padded rows keep what earlier steps left there (or the capture's fill): any finite input.
         buffers = self._buffers
         self._signals[frames][:batch].copy_(signal)
         buffers["lengths"][:batch].copy_(lengths)
-        buffers["lengths"][batch:rows].fill_(frames)  # padded rows: any finite input will do
         buffers["channel"][:, :batch].copy_(cache[0])
         buffers["time"][:, :batch].copy_(cache[1])
         buffers["channel_len"][:batch].copy_(cache[2])
@@ -140,10 +141,8 @@ class EncoderStep:
 
     def _graph(self, key: Any, drop: int, frames: int, rows: int, n_mels: int,
                cache: tuple[torch.Tensor, ...]) -> _Graph | None:
-        """The graph for this step shape, captured if new; None where steps run eagerly (graphs off,
-        or a capture failed: then they are switched off, with a warning, rather than failing steps)."""
-        if not (self.cuda_graphs or self.static_buffers):
-            return None
+        """The graph for this step shape, captured if new; None if the capture failed: then graphs
+        are switched off, with a warning, rather than failing steps."""
         if rows > self._rows:
             self._grow(rows, cache)
         if frames not in self._signals:
