@@ -5,16 +5,20 @@
 On the lent H200s (2026-11-26/27) ``streamd serve`` answered ``/readyz`` 503 while loading and,
 once it logged ``ready``, accepted connections without answering them. This starts the server
 with websockets' opening handshake instrumented (websockets aborts a connection whose handshake
-raises without logging it, so the reason is logged here), probes ``/readyz`` and ``/healthz``
-every half second with the time each answer took, dumps the server's thread stacks (SIGUSR1)
-and stops it. Exit status 0 when ``/readyz`` answered 200, else 1.
+raises or times out without logging it, so here every handshake is logged), probes ``/readyz``
+and ``/healthz`` every half second with the time each answer took, then reports the kernel's
+view of the port (accept queue, connection states, which processes hold the sockets), the
+server's event loop (tasks, watched descriptors: SIGUSR2), its thread stacks (SIGUSR1), and
+stops it. Exit status 0 when ``/readyz`` answered 200, else 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +28,7 @@ from streamd.serverproc import free_port
 
 # Run in the server process: log any exception of an opening handshake, then start the CLI.
 INSTRUMENTED = """
-import sys
+import asyncio, os, signal, sys, threading, time
 from websockets.asyncio.server import ServerConnection
 from streamd.log import get_logger
 
@@ -32,17 +36,40 @@ handshake = ServerConnection.handshake
 log = get_logger("serve_probe")
 
 async def logged(self, *args, **kwargs):
+    # BaseException too: websockets' open_timeout cancels a handshake that hangs.
+    started = time.monotonic()
     try:
         await handshake(self, *args, **kwargs)
-    except Exception:
-        log.exception("opening handshake raised")
+    except BaseException:
+        log.exception("opening handshake raised", seconds=round(time.monotonic() - started, 2),
+                      request_received=self.request is not None)
         raise
+    log.info("opening handshake done", seconds=round(time.monotonic() - started, 3),
+             path=self.request.path if self.request else None,
+             status=self.response.status_code if self.response else None)
 
+def report(signum, frame):
+    # Runs on the main thread, which runs the event loop: its tasks, the file descriptors its
+    # selector watches, every open one, the threads and the top-level modules loaded.
+    loop = asyncio.get_running_loop()
+    selector = getattr(loop, "_selector", None)
+    watched = sorted(key.fd for key in selector.get_map().values()) if selector else "not a selector loop"
+    fds = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    log.warning("probe report", loop=type(loop).__module__ + "." + type(loop).__name__,
+                tasks=sorted(f"{t.get_name()}: {t.get_coro()!r}" for t in asyncio.all_tasks(loop)),
+                selector_fds=watched, open_fds=fds, threads=[t.name for t in threading.enumerate()],
+                modules=sorted({name.partition(".")[0] for name in sys.modules}))
+
+signal.signal(signal.SIGUSR2, report)
 ServerConnection.handshake = logged
 from streamd.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-
 
 def probe(port: int, path: str) -> str:
     started = time.monotonic()
@@ -55,6 +82,52 @@ def probe(port: int, path: str) -> str:
     except (OSError, http.client.HTTPException) as exc:
         answer = repr(exc)
     return f"{path} {answer} in {time.monotonic() - started:.2f} s"
+
+
+TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+              "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN",
+              "0B": "CLOSING"}
+
+
+def _address(field: str) -> tuple[str, int]:
+    """``/proc/net/tcp``'s ``0100007F:1F90`` as ``("127.0.0.1", 8080)`` (IPv6 left in hex)."""
+    host, port = field.split(":")
+    if len(host) == 8:
+        host = ".".join(str(b) for b in reversed(bytes.fromhex(host)))
+    return host, int(port, 16)
+
+
+def socket_report(port: int, server_pid: int) -> list[str]:
+    """The kernel's view of the port (``/proc/net/tcp``): each socket's state, queues (for LISTEN,
+    rx is the accept queue: connections the server has not accepted) and the processes holding it;
+    and the server's child processes (a forked child inherits the listening socket)."""
+    holders: dict[str, list[str]] = {}
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    holders.setdefault(target[8:-1], []).append(fd_dir.parent.name)
+        except OSError:  # the process ended, or is not ours to read
+            continue
+    lines, time_wait = [], 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            (local, local_port), (remote, remote_port) = (_address(field) for field in fields[1:3])
+            state, inode = TCP_STATES.get(fields[3], fields[3]), fields[9]
+            if port not in (local_port, remote_port):
+                continue
+            if state == "TIME_WAIT":  # closed connections, no process left
+                time_wait += 1
+                continue
+            tx, rx = (int(q, 16) for q in fields[4].split(":"))
+            lines.append(f"{local}:{local_port} -> {remote}:{remote_port} {state} rx={rx} tx={tx} "
+                         f"held by pids {sorted(set(holders.get(inode, [])))}")
+    lines.append(f"{time_wait} in TIME_WAIT")
+    children = [pid for task in Path(f"/proc/{server_pid}/task").glob("*")
+                for pid in (task / "children").read_text().split()]
+    return [*lines, f"server pid {server_pid}, children {children}"]
 
 
 def main() -> int:
@@ -84,8 +157,15 @@ def main() -> int:
             break
         time.sleep(0.5)
     if server.poll() is None:
+        # One request left unread by us: the report shows how far the server got with it.
+        pending = socket.create_connection(("127.0.0.1", port), timeout=5)
+        pending.sendall(b"GET /readyz HTTP/1.1\r\nHost: probe\r\n\r\n")
+        time.sleep(1)
+        print("\n".join(socket_report(port, server.pid)), flush=True)
+        server.send_signal(signal.SIGUSR2)  # the loop's tasks, watched descriptors, threads, modules
         server.send_signal(signal.SIGUSR1)  # every thread's stack to the log
         time.sleep(1)
+        pending.close()
         server.send_signal(signal.SIGTERM)
         server.wait(60)
     print(f"server exit status {server.returncode}; /readyz 200 {'seen' if answered else 'never seen'}")

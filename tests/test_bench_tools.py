@@ -3,6 +3,8 @@ must already work when it starts."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +24,22 @@ def test_device_check_hears_the_letters_on_the_cpu_with_encoder_graphs_asked_for
     assert len(lines) == 8 and all("4/4 transcripts exact" in line for line in lines), proc.stdout
 
 
-def test_serve_probe_sees_ready_and_dumps_the_servers_stacks(tone_model_path: Path, tmp_path: Path):
+def test_serve_probe_sees_ready_and_reports_the_servers_sockets_loop_and_stacks(tone_model_path: Path,
+                                                                             tmp_path: Path):
     log = tmp_path / "server.log"
     proc = run_tool("bench/serve_probe.py", str(tone_model_path), "--device", "cpu", "--log", str(log),
                     "max_sessions=8")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "/readyz 200 seen" in proc.stdout and "/readyz 503" in proc.stdout  # loading, then ready
+    server_pid = re.search(r"server pid (\d+)", proc.stdout).group(1)
+    # The kernel's view: the listening socket, held by the server and nothing else.
+    assert re.search(rf"127\.0\.0\.1:\d+ -> 0\.0\.0\.0:0 LISTEN rx=0 .* held by pids \['{server_pid}'\]",
+                     proc.stdout), proc.stdout
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    handshakes = [r for r in records if r["event"] == "opening handshake done"]
+    assert {r["status"] for r in handshakes} == {200, 503}
+    report = next(r for r in records if r["event"] == "probe report")
+    assert any(task.startswith("engine-pump:") for task in report["tasks"])
+    listening = [fd for fd, target in report["open_fds"].items() if target.startswith("socket:")]
+    assert set(map(int, listening)) & set(report["selector_fds"])  # the loop watches its sockets
     assert "most recent call first" in log.read_text()
