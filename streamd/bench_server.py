@@ -25,10 +25,13 @@ the event loop, the protocol, resampling and the engine worker together.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,16 +70,91 @@ def _log(log_dir: Path | None, scenario: str) -> Path | None:
 
 
 async def _sessions(url: str, audios: list[np.ndarray], chunk_ms: int, realtime: bool, frame_ms: float,
-                    stagger_s: float = 0.0) -> list[SessionResult]:
-    """One session per audio, all at once; in real time, starts spread over ``stagger_s``."""
+                    delays: list[float] | None = None) -> list[SessionResult]:
+    """One session per audio, all at once, or each started its delay (seconds) from now."""
     async def one(audio: np.ndarray, delay: float) -> SessionResult:
         await asyncio.sleep(delay)
         pcm = Pcm.from_array(audio, tones.SAMPLE_RATE)
         config = {**pcm.config(), "chunk_ms": chunk_ms, "word_timestamps": False}
         return await run_session(url, config, pcm.replay(frame_ms, realtime))
 
-    delays = np.linspace(0.0, stagger_s, len(audios), endpoint=False)
-    return await asyncio.gather(*(one(a, float(d)) for a, d in zip(audios, delays)))
+    return await asyncio.gather(*(one(a, d) for a, d in zip(audios, delays or [0.0] * len(audios))))
+
+
+@dataclass(frozen=True)
+class ClientLoad:
+    """One client process's share of a capacity level: real-time sessions whose audio it makes
+    from seeds (a seed pickles in 8 bytes, 8 s of audio in 512 KB), each started at
+    ``start_at`` (``time.time()``, shared by every client process) plus its delay."""
+
+    url: str
+    seeds: list[int]
+    delays: list[float]
+    seconds: float
+    chunk_ms: int
+    frame_ms: float
+    start_at: float
+
+
+@dataclass
+class ClientRun:
+    results: list[SessionResult]
+    busy: float  # the process's CPU time over its wall time while its sessions ran: near 1, it was the limit
+
+
+def run_client_load(load: ClientLoad) -> ClientRun:
+    """Run one :class:`ClientLoad` in this process (a client process's task)."""
+    raise_open_files_limit(len(load.seeds))
+    audios = [bench_audio(np.random.default_rng(seed), load.seconds) for seed in load.seeds]
+
+    async def run() -> ClientRun:
+        # Delays from start_at, not from now: a process that got here late keeps the others' schedule.
+        delays = [max(0.0, load.start_at + delay - time.time()) for delay in load.delays]
+        cpu, wall = time.process_time(), time.monotonic()
+        results = await _sessions(load.url, audios, load.chunk_ms, True, load.frame_ms, delays)
+        return ClientRun(results, (time.process_time() - cpu) / (time.monotonic() - wall))
+
+    return asyncio.run(run())
+
+
+def _client_process_id(_: int) -> int:
+    time.sleep(0.5)
+    return os.getpid()
+
+
+class ClientProcesses:
+    """Where capacity clients run: in this process, or spread over ``count`` spawned processes
+    (started once, reused by every level), so that at thousands of streams one client event
+    loop does not become the limit the benchmark measures."""
+
+    def __init__(self, count: int = 1) -> None:
+        self.count = count
+        self._pool = None if count == 1 else multiprocessing.get_context("spawn").Pool(count)
+        # Until every process has imported this module (seconds: torch): a level's schedule
+        # must not wait for it. A task sleeps, so that the other processes take the others.
+        while self._pool is not None and len(set(self._pool.map(_client_process_id, range(count), 1))) < count:
+            pass
+
+    def __enter__(self) -> ClientProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+
+    def run(self, url: str, seeds: list[int], delays: list[float], seconds: float, chunk_ms: int,
+            frame_ms: float) -> list[ClientRun]:
+        """Real-time sessions, one per seed; in several processes, streams are dealt round-robin
+        so that each process's starts spread over the whole stagger."""
+        count = min(self.count, len(seeds))
+        # Time for a process to receive its share and make the audio (~6 ms per 8 s stream).
+        start_at = time.time() + 0.5 + 0.01 * len(seeds) / count
+        loads = [ClientLoad(url, seeds[i::count], delays[i::count], seconds, chunk_ms, frame_ms, start_at)
+                 for i in range(count)]
+        if self._pool is None:
+            return [run_client_load(loads[0])]
+        return self._pool.map(run_client_load, loads, chunksize=1)
 
 
 def _update_latencies(results: list[SessionResult]) -> list[float]:
@@ -134,22 +212,27 @@ def engine_ceiling(model: Any, size: tuple[int, int], ramp: list[int], seconds: 
     return ceiling, tried
 
 
-def _ramp(server: ServerProcess, ramp: list[int], chunk_ms: int, seconds: float, frame_ms: float,
-          stagger_s: float, rng: np.random.Generator) -> tuple[int, list[dict[str, Any]]]:
+def _ramp(server: ServerProcess, clients: ClientProcesses, ramp: list[int], chunk_ms: int, seconds: float,
+          frame_ms: float, stagger_s: float, rng: np.random.Generator) -> tuple[int, list[dict[str, Any]]]:
     """Real-time stream counts in order until one misses: (last count that held, levels).
 
     Each level records the server's RSS and GPU memory as its sessions end (PyTorch's caching
-    allocator keeps what the level's largest step needed, so that is the level's peak there).
+    allocator keeps what the level's largest step needed, so that is the level's peak there),
+    and the busiest client process's CPU share (near 1: the clients, not the server, set the pace).
     """
     levels, holds = [], 0
     for count in ramp:
-        audios = [bench_audio(rng, seconds) for _ in range(count)]
-        results = asyncio.run(_sessions(server.url, audios, chunk_ms, True, frame_ms, stagger_s=stagger_s))
+        seeds = [int(seed) for seed in rng.integers(2**63, size=count)]
+        delays = [float(d) for d in np.linspace(0.0, stagger_s, count, endpoint=False)]
+        runs = clients.run(server.url, seeds, delays, seconds, chunk_ms, frame_ms)
+        results = [result for run in runs for result in run.results]
         latency = percentiles(_update_latencies(results))
         finals = [r.latency()["final_s"] for r in results]
         held = latency["p99"] is not None and latency["p99"] <= chunk_ms / 1000
-        levels.append({"streams": count, "update_s": latency, "final_p50_s": percentiles(finals)["p50"],
-                       "holds": held, "rss_mib": _mib(server.rss_bytes()), "gpu_mib": _mib(server.gpu_bytes())})
+        levels.append({"streams": count, "sessions_done": len(results), "update_s": latency,
+                       "final_p50_s": percentiles(finals)["p50"],
+                       "holds": held, "rss_mib": _mib(server.rss_bytes()), "gpu_mib": _mib(server.gpu_bytes()),
+                       "client_busy_max": round(max(run.busy for run in runs), 4)})
         log.info("capacity level", chunk_ms=chunk_ms, **levels[-1])
         if not held:
             break
@@ -170,7 +253,8 @@ def _peak(idle: float | None, levels: list[dict[str, Any]], key: str) -> float |
 
 def capacity(model: Any, model_path: str, size: tuple[int, int], ramp: list[int], seconds: float,
              settings: dict[str, Any], max_batch: int, frame_ms: float | None = 80.0, aligned: bool = True,
-             ceiling: bool = True, seed: int = 0, log_dir: Path | None = None) -> dict[str, Any]:
+             ceiling: bool = True, client_processes: int = 1, seed: int = 0,
+             log_dir: Path | None = None) -> dict[str, Any]:
     """Concurrent real-time streams while p99 update latency stays within the chunk length, and
     the engine-only ceiling it is measured against.
 
@@ -178,22 +262,23 @@ def capacity(model: Any, model_path: str, size: tuple[int, int], ramp: list[int]
     starts at once (chunks complete together, as the engine-only ceiling assumes; the gap
     between the two is the cost of streams that cannot share a step). ``frame_ms`` None sends
     one chunk per frame; ``aligned`` False skips the second ramp; ``ceiling`` False skips the
-    engine-only ramp (where the engine benchmark measures it: it costs a model run per level).
+    engine-only ramp (where the engine benchmark measures it: it costs a model run per level);
+    ``client_processes`` spreads the clients over that many processes.
     """
     rng = np.random.default_rng(seed)
     chunk_ms = chunk_length_ms(size)
     frame_ms = frame_ms or chunk_ms
-    raise_open_files_limit(max(ramp))  # this process holds the client end of every connection
     ceiling, engine_levels = engine_ceiling(model, size, ramp, seconds, rng) if ceiling else (None, [])
     aligned_holds, aligned_levels = None, []
     with serving(model_path, _log(log_dir, f"capacity-{chunk_ms}"), **settings, max_batch=max_batch,
-                 max_sessions=max(ramp) + 1) as server:
+                 max_sessions=max(ramp) + 1) as server, ClientProcesses(client_processes) as clients:
         idle_rss, idle_gpu = _mib(server.rss_bytes()), _mib(server.gpu_bytes())
         if aligned:
-            aligned_holds, aligned_levels = _ramp(server, ramp, chunk_ms, seconds, frame_ms, 0.0, rng)
+            aligned_holds, aligned_levels = _ramp(server, clients, ramp, chunk_ms, seconds, frame_ms, 0.0, rng)
             server.wait_idle()
-        holds, levels = _ramp(server, ramp, chunk_ms, seconds, frame_ms, chunk_ms / 1000, rng)
+        holds, levels = _ramp(server, clients, ramp, chunk_ms, seconds, frame_ms, chunk_ms / 1000, rng)
     return {"scenario": "capacity", "chunk_ms": chunk_ms, "seconds": seconds, "frame_ms": frame_ms,
+            "client_processes": client_processes,
             "capacity_streams": holds, "aligned_capacity_streams": aligned_holds,
             "engine_ceiling_streams": ceiling, "engine_levels": engine_levels,
             "capacity_vs_ceiling": round(holds / ceiling, 3) if ceiling else None,

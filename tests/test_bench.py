@@ -56,16 +56,20 @@ def test_server_bench_overhead_capacity_and_memory(tone_model_path: Path, tmp_pa
     assert "Server overhead" in text and "Real-time capacity" in text and "Memory" in text
 
 
-def test_capacity_one_frame_per_chunk_without_the_aligned_ramp_or_ceiling_keeps_the_server_log(
+def test_capacity_one_frame_per_chunk_clients_in_two_processes_without_aligned_ramp_or_ceiling_keeps_server_log(
         tone_model_path: Path, tmp_path: Path):
     out, logs = tmp_path / "capacity.json", tmp_path / "logs"
     logs.mkdir()
     streamd_cli("bench", "server", "--model", str(tone_model_path), "--scenarios", "capacity", "--chunk-ms", "560",
                 "--seconds", "2", "--ramp", "1,2", "--frame-ms", "chunk", "--no-aligned", "--no-ceiling",
-                "--encoder-cuda-graphs", "on", "--server-log-dir", str(logs), "--out", str(out))
+                "--encoder-cuda-graphs", "on", "--client-processes", "2", "--server-log-dir", str(logs),
+                "--out", str(out))
     report = json.loads(out.read_text())
     (capacity,) = report["results"]
     assert capacity["frame_ms"] == 560 and capacity["capacity_streams"] == 2
+    assert capacity["client_processes"] == 2
+    assert [(lv["streams"], lv["sessions_done"]) for lv in capacity["levels"]] == [(1, 1), (2, 2)]
+    assert all(0 < lv["client_busy_max"] < 1 for lv in capacity["levels"])
     assert capacity["aligned_capacity_streams"] is None and capacity["aligned_levels"] == []
     assert capacity["engine_ceiling_streams"] is None and capacity["engine_levels"] == []
     assert report["meta"]["encoder_cuda_graphs"] == "on"

@@ -87,6 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="capacity: skip the second ramp with all starts aligned")
     server.add_argument("--no-ceiling", action="store_true",
                         help="capacity: skip the engine-only ceiling ramp (e.g. when `bench engine` measures it)")
+    server.add_argument("--client-processes", type=int, default=1,
+                        help="capacity: spread the clients over this many processes (default 1: this one); each "
+                             "level records the busiest one's CPU share")
     server.add_argument("--max-batch", type=int, default=64, help="the server's max_batch (default 64)")
     server.add_argument("--server-log-dir", type=Path,
                         help="keep each scenario's server log here (default: temporary; errors quote its tail)")
@@ -189,7 +192,8 @@ def run_server_bench(args: argparse.Namespace) -> int:
     if "capacity" in args.scenarios:
         rows = [bench_server.capacity(model, args.model, size, args.ramp, args.seconds, settings,
                                         args.max_batch, frame_ms=args.frame_ms, aligned=not args.no_aligned,
-                                        ceiling=not args.no_ceiling, log_dir=args.server_log_dir)
+                                        ceiling=not args.no_ceiling, client_processes=args.client_processes,
+                                        log_dir=args.server_log_dir)
                 for size in sizes]
         results += rows
         tables.append(("Real-time capacity", bench_server.capacity_table(rows)))
