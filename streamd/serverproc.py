@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,13 +95,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: str | Path, log_path: Path, ready_timeout_s: float = 300, **settings: Any) -> ServerProcess:
-    """``python -m streamd serve`` on a free port; returns once ``/readyz`` answers 200."""
+def start_server(model: str | Path, log_path: Path, ready_timeout_s: float = 300,
+                 python_args: Sequence[str] = ("-m", "streamd"), **settings: Any) -> ServerProcess:
+    """``python -m streamd serve`` on a free port; returns once ``/readyz`` answers 200.
+
+    ``python_args`` replace ``-m streamd``: ``("-c", CODE)`` runs CODE, which must end by calling
+    ``streamd.cli.main(sys.argv[1:])``, in the server process first (tests inject faults so).
+    """
     port = free_port()
     overrides = [f"{key}={value}" for key, value in settings.items()]
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streamd", "--log-format", "json", "serve", f"model={model}",
+            [sys.executable, *python_args, "--log-format", "json", "serve", f"model={model}",
              "host=127.0.0.1", f"port={port}", *overrides],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )

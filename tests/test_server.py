@@ -385,6 +385,57 @@ def test_max_session_ends_the_stream_with_a_final(server: ServerProcess, rng: np
     assert (error["code"], close_code) == ("max_session", 4009)
 
 
+# ---------------------------------------------------------------------- a bug in the engine
+# Run in the server process before the CLI: the engine raises for audio holding a full-scale
+# negative sample (tone audio never reaches it). No client input makes the real engine raise,
+# and internal_error exists for the bugs nobody has found yet: this stands in for one.
+FAULTY_ENGINE = """
+import functools
+import sys
+from streamd.cli import main
+from streamd.engine.engine import StreamingEngine
+
+push_audio = StreamingEngine.push_audio
+
+@functools.wraps(push_audio)
+def push_audio_or_fail(self, stream_id, samples):
+    if (samples == -1.0).any():
+        raise RuntimeError("injected engine fault")
+    push_audio(self, stream_id, samples)
+
+StreamingEngine.push_audio = push_audio_or_fail
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_engine_fault_ends_that_session_with_internal_error_1011_and_the_others_go_on(
+        tone_model_path: Path, tmp_path: Path, rng: np.random.Generator):
+    server = start_server(tone_model_path, tmp_path / "server.log", python_args=("-c", FAULTY_ENGINE))
+    good = letters_sequence(rng, 3)
+    faulty = tone_pcm(tones.synthesize("abcdef", rng)).chunks(80)
+    fault = np.full(1280, -32768, "<i2").tobytes()  # one 80 ms frame at full negative scale
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(
+            *(stream(server.url, tone_pcm(seq), CHUNKS_MS[i], speed=4.0) for i, seq in enumerate(good)),
+            converse(server.url, protocol.config(chunk_ms=160), *faulty[:10], fault, *faulty[10:], protocol.eof()),
+        )
+
+    try:
+        *results, (messages, close_code) = asyncio.run(scenario())
+        for result, sequence in zip(results, good, strict=True):
+            assert_complete(result, sequence)
+        assert (messages[-1]["type"], messages[-1]["code"], close_code) == ("error", "internal_error", 1011)
+        assert "done" not in [m["type"] for m in messages]
+        server.wait_idle()
+        assert server.get("/readyz")[0] == 200  # and the server serves on
+        records = [json.loads(line) for line in server.log_tail(100_000).splitlines() if line.startswith("{")]
+        assert [r["command"] for r in records if r["event"] == "engine command failed"] == ["push_audio"]
+        assert [r["outcome"] for r in records if r["event"] == "session closed"].count("internal_error") == 1
+    finally:
+        assert server.stop() == 0, server.log_tail()
+
+
 # ---------------------------------------------------------------------- shutdown
 def test_sigterm_sends_every_session_its_final_and_done(tone_model_path: Path, tmp_path: Path,
                                                        rng: np.random.Generator):
