@@ -25,6 +25,7 @@ the event loop, the protocol, resampling and the engine worker together.
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing
 import os
 import tempfile
@@ -81,11 +82,30 @@ async def _sessions(url: str, audios: list[np.ndarray], chunk_ms: int, realtime:
     return await asyncio.gather(*(one(a, d) for a, d in zip(audios, delays or [0.0] * len(audios))))
 
 
+AUDIO_BANK_S = 120.0  # tone audio each client process makes once; streams are slices of it
+START_MARGIN_S = 0.5  # from a level's start time being set to its first session: to reach every process
+
+
+@functools.cache
+def _audio_bank() -> np.ndarray:
+    return bench_audio(np.random.default_rng(0), AUDIO_BANK_S)
+
+
+def _stream_audio(seed: int, seconds: float) -> np.ndarray:
+    """A stream's audio: a slice of the bank at an offset from ``seed`` (making 8 s of new tone
+    audio costs ~6 ms: seconds before a level of a thousand streams could start)."""
+    bank, samples = _audio_bank(), int(seconds * tones.SAMPLE_RATE)
+    if samples >= len(bank):
+        return bench_audio(np.random.default_rng(seed), seconds)
+    start = seed % (len(bank) - samples)
+    return bank[start:start + samples]
+
+
 @dataclass(frozen=True)
 class ClientLoad:
-    """One client process's share of a capacity level: real-time sessions whose audio it makes
-    from seeds (a seed pickles in 8 bytes, 8 s of audio in 512 KB), each started at
-    ``start_at`` (``time.time()``, shared by every client process) plus its delay."""
+    """One client process's share of a capacity level: real-time sessions, each with its audio
+    from a seed (:func:`_stream_audio`), started at ``start_at`` (``time.time()``, shared by every
+    client process) plus its delay."""
 
     url: str
     seeds: list[int]
@@ -105,7 +125,7 @@ class ClientRun:
 def run_client_load(load: ClientLoad) -> ClientRun:
     """Run one :class:`ClientLoad` in this process (a client process's task)."""
     raise_open_files_limit(len(load.seeds))
-    audios = [bench_audio(np.random.default_rng(seed), load.seconds) for seed in load.seeds]
+    audios = [_stream_audio(seed, load.seconds) for seed in load.seeds]
 
     async def run() -> ClientRun:
         # Delays from start_at, not from now: a process that got here late keeps the others' schedule.
@@ -118,6 +138,7 @@ def run_client_load(load: ClientLoad) -> ClientRun:
 
 
 def _client_process_id(_: int) -> int:
+    _audio_bank()
     time.sleep(0.5)
     return os.getpid()
 
@@ -130,10 +151,11 @@ class ClientProcesses:
     def __init__(self, count: int = 1) -> None:
         self.count = count
         self._pool = None if count == 1 else multiprocessing.get_context("spawn").Pool(count)
-        # Until every process has imported this module (seconds: torch): a level's schedule
-        # must not wait for it. A task sleeps, so that the other processes take the others.
+        # Until every process has imported this module (seconds: torch) and made its audio bank:
+        # a level's schedule must not wait for that. A task sleeps, so that the others take the rest.
         while self._pool is not None and len(set(self._pool.map(_client_process_id, range(count), 1))) < count:
             pass
+        _audio_bank()
 
     def __enter__(self) -> ClientProcesses:
         return self
@@ -144,12 +166,10 @@ class ClientProcesses:
             self._pool.join()
 
     def run(self, url: str, seeds: list[int], delays: list[float], seconds: float, chunk_ms: int,
-            frame_ms: float) -> list[ClientRun]:
-        """Real-time sessions, one per seed; in several processes, streams are dealt round-robin
-        so that each process's starts spread over the whole stagger."""
+            frame_ms: float, start_at: float) -> list[ClientRun]:
+        """Real-time sessions, one per seed, started ``start_at`` plus their delays; in several
+        processes, streams are dealt round-robin so that each one's starts spread over the stagger."""
         count = min(self.count, len(seeds))
-        # Time for a process to receive its share and make the audio (~6 ms per 8 s stream).
-        start_at = time.time() + 0.5 + 0.01 * len(seeds) / count
         loads = [ClientLoad(url, seeds[i::count], delays[i::count], seconds, chunk_ms, frame_ms, start_at)
                  for i in range(count)]
         if self._pool is None:
@@ -217,14 +237,19 @@ def _ramp(server: ServerProcess, clients: ClientProcesses, ramp: list[int], chun
     """Real-time stream counts in order until one misses: (last count that held, levels).
 
     Each level records the server's RSS and GPU memory as its sessions end (PyTorch's caching
-    allocator keeps what the level's largest step needed, so that is the level's peak there),
-    and the busiest client process's CPU share (near 1: the clients, not the server, set the pace).
+    allocator keeps what the level's largest step needed, so that is the level's peak there), the
+    CPU share of the server's event-loop thread and of its other threads (the engine's, torch's)
+    while the level ran (one thread holds Python's lock at a time: the two together near 1 mean
+    the server's Python work is the limit), and the busiest client process's CPU share (near 1:
+    the clients, not the server, set the pace).
     """
     levels, holds = [], 0
     for count in ramp:
         seeds = [int(seed) for seed in rng.integers(2**63, size=count)]
         delays = [float(d) for d in np.linspace(0.0, stagger_s, count, endpoint=False)]
-        runs = clients.run(server.url, seeds, delays, seconds, chunk_ms, frame_ms)
+        cpu_before, start_at = server.cpu_seconds(), time.time() + START_MARGIN_S
+        runs = clients.run(server.url, seeds, delays, seconds, chunk_ms, frame_ms, start_at)
+        busy = [(after - before) / (time.time() - start_at) for before, after in zip(cpu_before, server.cpu_seconds())]
         results = [result for run in runs for result in run.results]
         latency = percentiles(_update_latencies(results))
         finals = [r.latency()["final_s"] for r in results]
@@ -232,6 +257,7 @@ def _ramp(server: ServerProcess, clients: ClientProcesses, ramp: list[int], chun
         levels.append({"streams": count, "sessions_done": len(results), "update_s": latency,
                        "final_p50_s": percentiles(finals)["p50"],
                        "holds": held, "rss_mib": _mib(server.rss_bytes()), "gpu_mib": _mib(server.gpu_bytes()),
+                       "server_loop_busy": round(busy[0], 3), "server_other_threads_busy": round(busy[1], 3),
                        "client_busy_max": round(max(run.busy for run in runs), 4)})
         log.info("capacity level", chunk_ms=chunk_ms, **levels[-1])
         if not held:
@@ -360,15 +386,23 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _cpu_shares(levels: list[dict[str, Any]]) -> str:
+    """The last level's CPU shares: server loop / server's other threads / busiest client process."""
+    if not levels:
+        return "-"
+    last = levels[-1]
+    return f"{last['server_loop_busy']} / {last['server_other_threads_busy']} / {last['client_busy_max']:.2f}"
+
+
 def capacity_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| chunk ms | engine-only ceiling | held, starts staggered | / ceiling | held, starts aligned "
              "| / ceiling | update p50 / p99 ms per level: staggered; aligned | RSS idle / peak MiB "
-             "| GPU idle / peak MiB |",
-             "|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+             "| GPU idle / peak MiB | CPU share at the last staggered level: server loop / other threads / client |",
+             "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     lines += [f"| {r['chunk_ms']} | {_count(r['engine_ceiling_streams'])} | {r['capacity_streams']} | "
               f"{_ratio(r['capacity_vs_ceiling'])} | {_count(r['aligned_capacity_streams'])} | "
               f"{_ratio(r['aligned_vs_ceiling'])} | {_levels(r['levels'])}; {_levels(r['aligned_levels'])} | "
-              f"{r['idle_rss_mib']} / {r['peak_rss_mib']} | {_gpu(r)} |"
+              f"{r['idle_rss_mib']} / {r['peak_rss_mib']} | {_gpu(r)} | {_cpu_shares(r['levels'])} |"
               for r in rows]
     return "\n".join(lines)
 

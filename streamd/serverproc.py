@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -54,6 +55,24 @@ class ServerProcess:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise RuntimeError("VmRSS not found")
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time (user + system) of the server's main thread, which runs the event loop, and of
+        all its other threads together (Linux ``/proc``)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        main = others = 0.0
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                # Fields after the command name, which is in parentheses and may hold spaces.
+                fields = (task / "stat").read_text().rpartition(")")[2].split()
+            except FileNotFoundError:  # the thread ended
+                continue
+            seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime: fields 14 and 15
+            if task.name == str(self.process.pid):
+                main += seconds
+            else:
+                others += seconds
+        return main, others
 
     def gpu_bytes(self) -> int | None:
         """GPU memory the server process holds, from ``nvidia-smi``; None without an NVIDIA GPU."""

@@ -70,6 +70,9 @@ def test_capacity_one_frame_per_chunk_clients_in_two_processes_without_aligned_r
     assert capacity["client_processes"] == 2
     assert [(lv["streams"], lv["sessions_done"]) for lv in capacity["levels"]] == [(1, 1), (2, 2)]
     assert all(0 < lv["client_busy_max"] < 1 for lv in capacity["levels"])
+    # CPU shares (in 10 ms ticks: the loop's few frames may round to 0); the engine thread ran the model.
+    assert all(0 <= lv["server_loop_busy"] < 1 for lv in capacity["levels"])
+    assert max(lv["server_other_threads_busy"] for lv in capacity["levels"]) > 0
     assert capacity["aligned_capacity_streams"] is None and capacity["aligned_levels"] == []
     assert capacity["engine_ceiling_streams"] is None and capacity["engine_levels"] == []
     assert report["meta"]["encoder_cuda_graphs"] == "on"
