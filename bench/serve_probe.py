@@ -15,6 +15,7 @@ stops it. Exit status 0 when ``/readyz`` answered 200, else 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import signal
@@ -158,14 +159,17 @@ def main() -> int:
         time.sleep(0.5)
     if server.poll() is None:
         # One request left unread by us: the report shows how far the server got with it.
-        pending = socket.create_connection(("127.0.0.1", port), timeout=5)
-        pending.sendall(b"GET /readyz HTTP/1.1\r\nHost: probe\r\n\r\n")
-        time.sleep(1)
-        print("\n".join(socket_report(port, server.pid)), flush=True)
-        server.send_signal(signal.SIGUSR2)  # the loop's tasks, watched descriptors, threads, modules
-        server.send_signal(signal.SIGUSR1)  # every thread's stack to the log
-        time.sleep(1)
-        pending.close()
+        with contextlib.ExitStack() as stack:
+            try:
+                pending = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
+                pending.sendall(b"GET /readyz HTTP/1.1\r\nHost: probe\r\n\r\n")
+            except OSError as exc:
+                print(f"pending request: {exc!r}", flush=True)
+            time.sleep(1)
+            print("\n".join(socket_report(port, server.pid)), flush=True)
+            server.send_signal(signal.SIGUSR2)  # the loop's tasks, watched descriptors, threads, modules
+            server.send_signal(signal.SIGUSR1)  # every thread's stack to the log
+            time.sleep(1)
         server.send_signal(signal.SIGTERM)
         server.wait(60)
     print(f"server exit status {server.returncode}; /readyz 200 {'seen' if answered else 'never seen'}")
