@@ -30,6 +30,13 @@ from streamd.protocol import ErrorCode, ModelInfo, ProtocolError, SessionConfig
 
 log = get_logger(__name__)
 
+
+def _uncancel(task: asyncio.Task | None) -> bool:
+    """After a cancellation the session asked for: whether another is still pending (Python
+    3.11+ counts them; on 3.10 none can be told apart)."""
+    uncancel = getattr(task, "uncancel", None)
+    return uncancel is not None and uncancel() > 0
+
 # The final's reason when the server ends a stream; client errors end it with "error".
 END_REASONS = {
     ErrorCode.SHUTTING_DOWN: "shutdown",
@@ -49,9 +56,16 @@ class Session:
         self.model = model
         self.settings = settings
         self.log = log.bind(session_id=self.id)
-        self._shutdown = asyncio.Event()
-        self._stopping: asyncio.Future[bool] | None = None
         self._writer: asyncio.Task[None] | None = None
+        # Waiting for a client frame is interrupted by callbacks, not raced against each frame
+        # (a task and an asyncio.wait per frame cost more of the event loop than the frame's own
+        # work): shutdown, a stopped writer and the idle timer set the interruption and cancel
+        # the session's task while it waits; _next_message raises the interruption.
+        self._task: asyncio.Task | None = None
+        self._interruption: BaseException | None = None
+        self._receiving = False
+        self._wait_started = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._updates: asyncio.Queue[Delivery | EngineFailure] = asyncio.Queue()
         self.config: SessionConfig | None = None
         self._format: PcmFormat | None = None
@@ -67,13 +81,14 @@ class Session:
 
     def shutdown(self) -> None:
         """Server shutdown: end the stream with a ``shutdown`` final, ``done``, close 1001."""
-        self._shutdown.set()
+        self._interrupt(ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is shutting down"))
 
     async def run(self) -> None:
         started = time.monotonic()
         self.log.info("session open", peer=str(self.connection.remote_address))
         outcome = "cancelled"  # by the server when shutdown_timeout_s ran out
-        self._stopping = asyncio.ensure_future(self._shutdown.wait())
+        self._task = asyncio.current_task()
+        self._arm_idle_timer(self.settings.idle_timeout_s)
         try:
             outcome = await self._serve()
         except ConnectionClosed:
@@ -84,7 +99,8 @@ class Session:
             with contextlib.suppress(ConnectionClosed):
                 await self._send_error(ProtocolError(ErrorCode.INTERNAL_ERROR, "internal server error"))
         finally:
-            self._stopping.cancel()
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             if self._writer is not None:
                 self._writer.cancel()
             if self._stream_id is not None and not self._stream_done:
@@ -111,6 +127,7 @@ class Session:
         self._stream_id = await self.runner.open(options, self._updates)
         await self.connection.send(protocol.ready(self.id, config, self.model))
         self._writer = asyncio.create_task(self._forward_updates(), name=f"session-{self.id}-writer")
+        self._writer.add_done_callback(self._writer_stopped)
         try:
             await self._receive_audio()
             ending = None
@@ -184,30 +201,51 @@ class Session:
 
     # ------------------------------------------------------------------ plumbing
     async def _next_message(self) -> str | bytes:
-        """The next client frame, size-checked; ends the session on idle timeout, shutdown, or a
-        failed writer (whose exception is raised here)."""
-        assert self._stopping is not None
-        receive = asyncio.ensure_future(self.connection.recv())
-        watched: set[asyncio.Future] = {receive, self._stopping}
-        if self._writer is not None:
-            watched.add(self._writer)
-        done, _ = await asyncio.wait(watched, timeout=self.settings.idle_timeout_s,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        """The next client frame, size-checked; raises the interruption (idle timeout, shutdown,
+        or what stopped the writer: client gone, engine failure) that ended the wait."""
+        if self._interruption is None:
+            self._wait_started = asyncio.get_running_loop().time()
+            self._receiving = True
+            try:
+                message = await self.connection.recv()  # safe to cancel: nothing is lost
+            except asyncio.CancelledError:
+                if self._interruption is None or _uncancel(self._task):
+                    raise  # the server cancels the session (shutdown_timeout_s)
+            finally:
+                self._receiving = False
+        if self._interruption is not None:
+            raise self._interruption
         limits = self.settings
-        if receive in done:
-            message = receive.result()
-            size = len(message) if isinstance(message, bytes) else len(message.encode())
-            if size > limits.max_message_bytes:
-                raise ProtocolError(ErrorCode.MESSAGE_TOO_BIG,
-                                    f"{size}-byte frame > max_message_bytes={limits.max_message_bytes}")
-            return message
-        receive.cancel()  # websockets' recv() is safe to cancel: nothing is lost
-        if self._writer in done:
-            self._writer.result()  # raises what stopped it (client gone, engine failure)
-            raise RuntimeError("update writer stopped before the stream ended")
-        if self._stopping in done:
-            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
-        raise ProtocolError(ErrorCode.IDLE_TIMEOUT, f"no message for {limits.idle_timeout_s:g} s")
+        size = len(message) if isinstance(message, bytes) else len(message.encode())
+        if size > limits.max_message_bytes:
+            raise ProtocolError(ErrorCode.MESSAGE_TOO_BIG,
+                                f"{size}-byte frame > max_message_bytes={limits.max_message_bytes}")
+        return message
+
+    def _interrupt(self, reason: BaseException) -> None:
+        """End the session's reading with ``reason`` (the first reason wins)."""
+        if self._interruption is None:
+            self._interruption = reason
+            if self._receiving and self._task is not None:
+                self._task.cancel()
+
+    def _writer_stopped(self, writer: asyncio.Task[None]) -> None:
+        if not writer.cancelled():
+            # After the last final this interrupts nothing: no frame is read after eof.
+            self._interrupt(writer.exception() or RuntimeError("update writer stopped before the stream ended"))
+
+    def _arm_idle_timer(self, delay: float) -> None:
+        self._idle_timer = asyncio.get_running_loop().call_later(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Interrupt a wait for a client frame that has lasted ``idle_timeout_s``, else check again
+        when the current wait would reach it."""
+        idle = self.settings.idle_timeout_s
+        waited = asyncio.get_running_loop().time() - self._wait_started
+        if self._receiving and waited >= idle:
+            self._interrupt(ProtocolError(ErrorCode.IDLE_TIMEOUT, f"no message for {idle:g} s"))
+        else:
+            self._arm_idle_timer(idle - waited if self._receiving else idle)
 
     async def _forward_updates(self) -> None:
         """Engine updates -> ``partial``/``final`` messages, until the stream's last update."""
