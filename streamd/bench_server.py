@@ -151,10 +151,13 @@ class ClientProcesses:
     def __init__(self, count: int = 1) -> None:
         self.count = count
         self._pool = None if count == 1 else multiprocessing.get_context("spawn").Pool(count)
-        # Until every process has imported this module (seconds: torch) and made its audio bank:
-        # a level's schedule must not wait for that. A task sleeps, so that the others take the rest.
-        while self._pool is not None and len(set(self._pool.map(_client_process_id, range(count), 1))) < count:
-            pass
+        if self._pool is not None:
+            # Until every process has imported this module (seconds: torch) and made its audio
+            # bank: a level's schedule must not wait for that. A task sleeps, so that the other
+            # processes take the others.
+            for _ in range(10):
+                if len(set(self._pool.map(_client_process_id, range(count), 1))) == count:
+                    break
         _audio_bank()
 
     def __enter__(self) -> ClientProcesses:
