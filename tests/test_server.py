@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from clients.common import Pcm, SessionResult, run_session
 from streamd import protocol, tones
-from streamd.serverproc import ServerProcess, start_server
+from streamd.serverproc import ServerProcess, ServerStartError, start_server
 
 CHUNKS_MS = (80, 160, 560, 1120)
 # Every stream in this module but the max_session test's is shorter than max_session_s. The tone
@@ -386,10 +386,10 @@ def test_max_session_ends_the_stream_with_a_final(server: ServerProcess, rng: np
 
 
 # ---------------------------------------------------------------------- a bug in the engine
-# Run in the server process before the CLI: the engine raises for audio holding a full-scale
-# negative sample (tone audio never reaches it). No client input makes the real engine raise,
-# and internal_error exists for the bugs nobody has found yet: this stands in for one.
-FAULTY_ENGINE = """
+# Run in the server process before the CLI: the engine raises where no client input is known to
+# make it raise. internal_error exists for the bugs nobody has found yet: these stand in for one.
+# A command fault: audio holding a full-scale negative sample (tone audio never reaches it).
+FAULTY_PUSH = """
 import functools
 import sys
 from streamd.cli import main
@@ -408,17 +408,46 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def batch_fault(condition: str) -> str:
+    """Server code whose engine fails every model step of a batch (``group``) where ``condition``."""
+    return f"""
+import sys
+from streamd.cli import main
+from streamd.engine.engine import StreamingEngine
+
+run_group = StreamingEngine._run_group
+
+def run_group_or_fail(self, size, drop, group, *args):
+    if {condition}:
+        raise RuntimeError("injected engine fault")
+    run_group(self, size, drop, group, *args)
+
+StreamingEngine._run_group = run_group_or_fail
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+# Batches holding a stream without word timestamps (the warm-up and the good sessions keep the default).
+FAULTY_BATCH = batch_fault("any(not stream.options.word_timestamps for stream in group)")
+FULL_SCALE_FRAME = np.full(1280, -32768, "<i2").tobytes()  # 80 ms at the lowest pcm_s16le value
+
+
+@pytest.mark.parametrize("code, poisoned, logged", [
+    pytest.param(FAULTY_PUSH, True, "engine command failed", id="command"),
+    pytest.param(FAULTY_BATCH, False, "engine batch failed; dropping its streams", id="batch"),
+])
 def test_an_engine_fault_ends_that_session_with_internal_error_1011_and_the_others_go_on(
-        tone_model_path: Path, tmp_path: Path, rng: np.random.Generator):
-    server = start_server(tone_model_path, tmp_path / "server.log", python_args=("-c", FAULTY_ENGINE))
+        tone_model_path: Path, tmp_path: Path, rng: np.random.Generator, code: str, poisoned: bool, logged: str):
+    server = start_server(tone_model_path, tmp_path / "server.log", python_args=("-c", code))
     good = letters_sequence(rng, 3)
     faulty = tone_pcm(tones.synthesize("abcdef", rng)).chunks(80)
-    fault = np.full(1280, -32768, "<i2").tobytes()  # one 80 ms frame at full negative scale
+    if poisoned:
+        faulty.insert(10, FULL_SCALE_FRAME)
 
     async def scenario() -> list[Any]:
-        return await asyncio.gather(
-            *(stream(server.url, tone_pcm(seq), CHUNKS_MS[i], speed=4.0) for i, seq in enumerate(good)),
-            converse(server.url, protocol.config(chunk_ms=160), *faulty[:10], fault, *faulty[10:], protocol.eof()),
+        return await asyncio.gather(  # the good sessions at 80, 560 and 1120 ms; the faulty one at 160
+            *(stream(server.url, tone_pcm(seq), chunk_ms, speed=4.0) for seq, chunk_ms in zip(good, (80, 560, 1120))),
+            converse(server.url, protocol.config(chunk_ms=160, word_timestamps=False), *faulty, protocol.eof()),
         )
 
     try:
@@ -430,10 +459,16 @@ def test_an_engine_fault_ends_that_session_with_internal_error_1011_and_the_othe
         server.wait_idle()
         assert server.get("/readyz")[0] == 200  # and the server serves on
         records = [json.loads(line) for line in server.log_tail(100_000).splitlines() if line.startswith("{")]
-        assert [r["command"] for r in records if r["event"] == "engine command failed"] == ["push_audio"]
+        assert [r["event"] for r in records].count(logged) == 1
         assert [r["outcome"] for r in records if r["event"] == "session closed"].count("internal_error") == 1
     finally:
         assert server.stop() == 0, server.log_tail()
+
+
+def test_a_chunk_size_that_fails_its_warm_up_stops_the_server_with_the_reason(tone_model_path: Path, tmp_path: Path):
+    with pytest.raises(ServerStartError, match="server exited with 1") as failure:
+        start_server(tone_model_path, tmp_path / "server.log", python_args=("-c", batch_fault("size[1] == 6")))
+    assert "startup failed" in str(failure.value) and "warm-up at att_context_size [70, 6] failed" in str(failure.value)
 
 
 # ---------------------------------------------------------------------- shutdown

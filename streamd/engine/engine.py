@@ -233,7 +233,15 @@ class StreamingEngine:
                 continue
             groups[(stream.options.att_context_size, self._pre_encode(stream)[1])].append(stream)
         for (size, drop), group in groups.items():
-            self._run_group(size, drop, group, stats, updates)
+            try:
+                self._run_group(size, drop, group, stats, updates)
+            except Exception as exc:  # a bug: the group's streams are in an unknown state; the others are not
+                log.exception("engine batch failed; dropping its streams", att_context_size=list(size),
+                              streams=len(group))
+                for stream in group:
+                    self.close_stream(stream.stream_id)
+                    updates[stream.stream_id] = StreamUpdate(stream.stream_id, failure=f"{type(exc).__name__}: {exc}")
+                continue
             stats.model_calls += 1
         stats.streams = sum(len(g) for g in groups.values())
 

@@ -99,9 +99,11 @@ class EngineRunner:
             stream_id = engine.open_stream(StreamOptions(att_context_size=size))
             engine.push_audio(stream_id, noise.astype(np.float32))
             engine.end_stream(stream_id)
-            finished = False
-            while not finished:
-                finished = any(u.finished and u.stream_id == stream_id for u in engine.step())
+            updates: list[StreamUpdate] = []
+            while stream_id in engine.streams:  # until finished, or dropped by a failed batch
+                updates += engine.step()
+            if failure := next((u.failure for u in updates if u.failure is not None), None):
+                raise RuntimeError(f"warm-up at att_context_size {list(size)} failed: {failure}")
             seconds[str(list(size))] = round(time.monotonic() - started, 2)
         log.info("engine warmed up", seconds=seconds)
 
@@ -169,13 +171,14 @@ class EngineRunner:
             return _Cycle([], 0.0, failed) if applied or failed else None
         try:
             updates = engine.step()
-        except Exception as exc:  # a bug: no way to tell which stream caused it, so drop them all
+        except Exception as exc:  # a bug outside any one batch: no way to tell which stream, so all
             log.exception("engine step failed; dropping every stream")
             for stream_id in list(engine.streams):
                 failed[stream_id] = f"step: {type(exc).__name__}: {exc}"
                 engine.close_stream(stream_id)
             return _Cycle([], 0.0, failed)
-        return _Cycle(updates, engine.last_stats.total_s, failed)
+        failed.update({u.stream_id: f"step: {u.failure}" for u in updates if u.failure is not None})
+        return _Cycle([u for u in updates if u.failure is None], engine.last_stats.total_s, failed)
 
     async def _pump(self) -> None:
         while True:
