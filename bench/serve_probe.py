@@ -25,9 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-from streamd.serverproc import free_port
+from streamd.serverproc import free_port, server_command
 
-# Run in the server process: log any exception of an opening handshake, then start the CLI.
+# Run in the server process before the CLI: every opening handshake logged with its time (and
+# what it raised), and the event loop's state logged on SIGUSR2.
 INSTRUMENTED = """
 import asyncio, os, signal, sys, threading, time
 from websockets.asyncio.server import ServerConnection
@@ -142,8 +143,7 @@ def main() -> int:
     port = free_port()
     with args.log.open("w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-c", INSTRUMENTED, "--log-format", "json", "serve",
-             f"model={args.model}", f"device={args.device}", "host=127.0.0.1", f"port={port}", *args.overrides],
+            server_command(args.model, port, [f"device={args.device}", *args.overrides], ("-c", INSTRUMENTED)),
             stdout=log, stderr=subprocess.STDOUT)
     ready_at, answered = None, False
     deadline = time.monotonic() + args.seconds

@@ -151,14 +151,14 @@ class ClientProcesses:
     def __init__(self, count: int = 1) -> None:
         self.count = count
         self._pool = None if count == 1 else multiprocessing.get_context("spawn").Pool(count)
-        if self._pool is not None:
-            # Until every process has imported this module (seconds: torch) and made its audio
-            # bank: a level's schedule must not wait for that. A task sleeps, so that the other
-            # processes take the others.
+        # A level's schedule must not wait for the audio bank (nor, in a pool, for a process to
+        # import this module: seconds, torch). In a pool a task sleeps, so that the others take the rest.
+        if self._pool is None:
+            _audio_bank()
+        else:
             for _ in range(10):
                 if len(set(self._pool.map(_client_process_id, range(count), 1))) == count:
                     break
-        _audio_bank()
 
     def __enter__(self) -> ClientProcesses:
         return self

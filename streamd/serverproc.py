@@ -114,6 +114,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def server_command(model: str | Path, port: int, overrides: Sequence[str],
+                   python_args: Sequence[str] = ("-m", "streamd")) -> list[str]:
+    """The command line of ``streamd serve`` on loopback ``port``, JSON logs, with ``key=value``
+    overrides; ``python_args`` as in :func:`start_server`."""
+    return [sys.executable, *python_args, "--log-format", "json", "serve", f"model={model}", "host=127.0.0.1",
+            f"port={port}", *overrides]
+
+
 def start_server(model: str | Path, log_path: Path, ready_timeout_s: float = 300,
                  python_args: Sequence[str] = ("-m", "streamd"), **settings: Any) -> ServerProcess:
     """``python -m streamd serve`` on a free port; returns once ``/readyz`` answers 200.
@@ -122,11 +130,9 @@ def start_server(model: str | Path, log_path: Path, ready_timeout_s: float = 300
     ``streamd.cli.main(sys.argv[1:])``, in the server process first (tests inject faults so).
     """
     port = free_port()
-    overrides = [f"{key}={value}" for key, value in settings.items()]
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, *python_args, "--log-format", "json", "serve", f"model={model}",
-             "host=127.0.0.1", f"port={port}", *overrides],
+            server_command(model, port, [f"{key}={value}" for key, value in settings.items()], python_args),
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
     server = ServerProcess(process, port, log_path)

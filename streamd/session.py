@@ -37,6 +37,7 @@ def _uncancel(task: asyncio.Task | None) -> bool:
     uncancel = getattr(task, "uncancel", None)
     return uncancel is not None and uncancel() > 0
 
+
 # The final's reason when the server ends a stream; client errors end it with "error".
 END_REASONS = {
     ErrorCode.SHUTTING_DOWN: "shutdown",

@@ -388,33 +388,33 @@ def test_max_session_ends_the_stream_with_a_final(server: ServerProcess, rng: np
 # ---------------------------------------------------------------------- a bug in the engine
 # Run in the server process before the CLI: the engine raises where no client input is known to
 # make it raise. internal_error exists for the bugs nobody has found yet: these stand in for one.
-# A command fault: audio holding a full-scale negative sample (tone audio never reaches it).
-FAULTY_PUSH = """
-import functools
+def server_code(patch: str) -> str:
+    """Server code for ``start_server(python_args=("-c", ...))``: ``patch`` of the engine, then the CLI."""
+    return f"""
 import sys
 from streamd.cli import main
 from streamd.engine.engine import StreamingEngine
+{patch}
+sys.exit(main(sys.argv[1:]))
+"""
 
+
+# A command fault: audio holding a full-scale negative sample (tone audio never reaches it).
+FAULTY_PUSH = server_code("""
 push_audio = StreamingEngine.push_audio
 
-@functools.wraps(push_audio)
 def push_audio_or_fail(self, stream_id, samples):
     if (samples == -1.0).any():
         raise RuntimeError("injected engine fault")
     push_audio(self, stream_id, samples)
 
 StreamingEngine.push_audio = push_audio_or_fail
-sys.exit(main(sys.argv[1:]))
-"""
+""")
 
 
 def batch_fault(condition: str) -> str:
     """Server code whose engine fails every model step of a batch (``group``) where ``condition``."""
-    return f"""
-import sys
-from streamd.cli import main
-from streamd.engine.engine import StreamingEngine
-
+    return server_code(f"""
 run_group = StreamingEngine._run_group
 
 def run_group_or_fail(self, size, drop, group, *args):
@@ -423,8 +423,7 @@ def run_group_or_fail(self, size, drop, group, *args):
     run_group(self, size, drop, group, *args)
 
 StreamingEngine._run_group = run_group_or_fail
-sys.exit(main(sys.argv[1:]))
-"""
+""")
 
 
 # Batches holding a stream without word timestamps (the warm-up and the good sessions keep the default).
