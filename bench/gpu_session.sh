@@ -22,8 +22,8 @@
 #      server with the tone model must answer /readyz 200 (bench/serve_probe.py; on the lent H200s
 #      it had stopped answering once ready, 2026-11-26/27: if so, the probe's server log holds any
 #      handshake exception and the threads' stacks; then the probe runs again with NeMo's
-#      CUDA-graph decoder off and on the CPU, to tell the GPU set-up's part, and the capacity runs
-#      are skipped).
+#      CUDA-graph decoder off, on the CPU, and on the CPU with a CUDA context in the process, to
+#      tell the GPU set-up's part, and the capacity runs are skipped).
 #   5. with EXTRA=1: RNNT decoder CUDA graphs off; parity CPU fp32 vs DEVICE/DTYPE (tones, nemotron)
 # Environment: PY (default python3), DEVICE (cuda), DTYPE (bfloat16), the sizes below, and
 # PACK: a .tar.gz of OUTDIR rewritten after every stage (for runners that fetch few files).
@@ -114,7 +114,7 @@ if [ "$ENCODER_GRAPHS" = on ] && ! engine encoder-graphs-on --encoder-cuda-graph
         --seconds 2 --no-sequential --out "$OUT/engine-encoder-graphs-on-blocking.json"
 fi
 engine encoder-graphs-off --encoder-cuda-graphs off
-probe() {  # probe NAME DEVICE [key=value...]: does a server turn ready and answer? (bench/serve_probe.py)
+probe() {  # probe NAME DEVICE [serve_probe option or key=value...]: does a server turn ready and answer?
     local name="$1" device="$2"
     shift 2
     stage "serve-probe-$name" 150 "$PY" "$HERE/serve_probe.py" "${TONES:-$MODEL}" --device "$device" \
@@ -124,9 +124,10 @@ probe() {  # probe NAME DEVICE [key=value...]: does a server turn ready and answ
 if probe "$DEVICE" "$DEVICE"; then
     capacity 160 "$RAMP_160" "$MAX_BATCH_160"
     capacity 1120 "$RAMP_1120" "$MAX_BATCH_1120"
-else  # which part of the GPU set-up stops it answering: NeMo's CUDA-graph decoder, or the device?
+else  # which part of the GPU set-up stops it answering: NeMo's CUDA-graph decoder, the model on the
+      # device, or a CUDA context in the process at all?
     probe "$DEVICE-decoder-graphs-off" "$DEVICE" decoder_cuda_graphs=false
-    probe cpu cpu
+    probe cpu cpu && [ "$DEVICE" = cuda ] && probe cpu-cuda-context cpu --cuda-context
 fi
 if [ "${EXTRA:-0}" = 1 ]; then
     engine decoder-graphs-off --encoder-cuda-graphs "$ENCODER_GRAPHS" --decoder-cuda-graphs off

@@ -69,6 +69,10 @@ def report(signum, frame):
 
 signal.signal(signal.SIGUSR2, report)
 ServerConnection.handshake = logged
+if os.environ.get("SERVE_PROBE_CUDA_CONTEXT"):
+    import torch
+    torch.zeros(1, device="cuda")  # a CUDA context in the process, whatever device serves
+    log.info("CUDA context created", device=torch.cuda.get_device_name())
 from streamd.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -138,13 +142,17 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--log", type=Path, required=True, help="the server's log")
     parser.add_argument("--seconds", type=float, default=100, help="probe this long at most (default 100)")
+    parser.add_argument("--cuda-context", action="store_true",
+                        help="create a CUDA context in the server before it starts (with --device cpu: "
+                             "does CUDA in the process alone stop the server answering?)")
     parser.add_argument("overrides", nargs="*", help="more key=value settings for the server")
     args = parser.parse_intermixed_args()
     port = free_port()
+    env = {**os.environ, **({"SERVE_PROBE_CUDA_CONTEXT": "1"} if args.cuda_context else {})}
     with args.log.open("w") as log:
         server = subprocess.Popen(
             server_command(args.model, port, [f"device={args.device}", *args.overrides], ("-c", INSTRUMENTED)),
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, env=env)
     ready_at, answered = None, False
     deadline = time.monotonic() + args.seconds
     while time.monotonic() < deadline and server.poll() is None:

@@ -149,6 +149,70 @@ def test_a_failing_batch_drops_its_streams_and_the_other_chunk_sizes_go_on(tone_
     assert transcribe_streaming(engine, [again.audio] * 4, StreamOptions(att_context_size=faulty))[0].text == again.text
 
 
+def run_to_the_end(engine: StreamingEngine, ids: list[int], sequences: list[tones.ToneSequence]
+                   ) -> tuple[dict[int, str], dict[int, str]]:
+    """Push each sequence whole, end the streams, step until none is left: finals, failures."""
+    for stream_id, seq in zip(ids, sequences):
+        engine.push_audio(stream_id, seq.audio)
+        engine.end_stream(stream_id)
+    updates = []
+    while engine.streams:
+        updates += engine.step()
+    finals = {u.stream_id: u.finals[-1].text for u in updates if u.finished}
+    return finals, {u.stream_id: u.failure for u in updates if u.failure is not None}
+
+
+@pytest.mark.parametrize("fault", ["one stream", "batches of several"])
+def test_a_feature_fault_drops_only_the_stream_it_belongs_to(tone_model, rng, monkeypatch, fault):
+    # Injected faults stand in for bugs no input is known to cause. "batches of several" fails
+    # the batched featurizer call alone (as running out of device memory would), inside the
+    # extraction: every stream must get through one by one, without losing audio.
+    engine = StreamingEngine(tone_model, max_streams=4)
+    sequences = [tones.random_sequence(rng, 2, 4) for _ in range(4)]
+    ids = [engine.open_stream(StreamOptions(att_context_size=size)) for size in ATT_CONTEXT_SIZES]
+    if fault == "one stream":
+        faulty_state, extract = engine.streams[ids[1]].features, engine.features.extract
+
+        def extract_or_fail(states, finals):
+            if any(state is faulty_state for state in states):
+                raise RuntimeError("injected feature fault")
+            return extract(states, finals)
+
+        monkeypatch.setattr(engine.features, "extract", extract_or_fail)
+    else:
+        assert engine.features.uses_own_log_mel
+        log_mel = engine.features.log_mel
+
+        def log_mel_or_fail(audio, lengths):
+            if audio.shape[0] > 1:
+                raise RuntimeError("injected feature fault")
+            return log_mel(audio, lengths)
+
+        monkeypatch.setattr(engine.features, "log_mel", log_mel_or_fail)
+    finals, failures = run_to_the_end(engine, ids, sequences)
+    dropped = [ids[1]] if fault == "one stream" else []
+    assert set(failures) == set(dropped) and all("injected feature fault" in f for f in failures.values())
+    assert finals == {i: seq.text for i, seq in zip(ids, sequences) if i not in dropped}
+
+
+def test_a_transcript_fault_drops_only_its_stream(tone_model, rng, monkeypatch):
+    engine = StreamingEngine(tone_model, max_streams=3)
+    sequences = [tones.random_sequence(rng, 2, 4) for _ in range(3)]
+    ids = [engine.open_stream(StreamOptions(att_context_size=(70, 1))) for _ in sequences]
+    set_partial = engine._set_partial
+
+    def set_partial_or_fail(stream, update):
+        if stream.stream_id == ids[0]:
+            raise RuntimeError("injected transcript fault")
+        set_partial(stream, update)
+
+    monkeypatch.setattr(engine, "_set_partial", set_partial_or_fail)
+    finals, failures = run_to_the_end(engine, ids, sequences)
+    assert set(failures) == {ids[0]} and "injected transcript fault" in failures[ids[0]]
+    assert finals == {ids[1]: sequences[1].text, ids[2]: sequences[2].text}
+    assert not engine.contexts.streamidx2slotidx, "every cache slot is free again, the dropped stream's too"
+
+
 def test_empty_and_tiny_audio_give_an_empty_final(tone_model):
     engine = StreamingEngine(tone_model, max_streams=2)
     empty = engine.open_stream(StreamOptions(att_context_size=(70, 0)))

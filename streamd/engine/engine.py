@@ -214,11 +214,9 @@ class StreamingEngine:
         # 1. features for every stream with new audio (one batched featurizer call)
         needs = [s for s in self.streams.values() if not s.features_final and (
             s.eof or self.features.ready_frames(s.features, False) > s.features.frames_done)]
-        if needs:
-            new = self.features.extract([s.features for s in needs], [s.eof for s in needs])
-            for stream, frames in zip(needs, new):
-                stream.append_frames(frames)
-                stream.features_final = stream.eof
+        for stream, frames in self._extract_features(needs, updates):
+            stream.append_frames(frames)
+            stream.features_final = stream.eof
         stats.features_s = time.perf_counter() - started
 
         # 2. pick ready streams, oldest first, and group by (chunk size, frames to drop)
@@ -239,8 +237,7 @@ class StreamingEngine:
                 log.exception("engine batch failed; dropping its streams", att_context_size=list(size),
                               streams=len(group))
                 for stream in group:
-                    self.close_stream(stream.stream_id)
-                    updates[stream.stream_id] = StreamUpdate(stream.stream_id, failure=f"{type(exc).__name__}: {exc}")
+                    self._drop(stream, exc, updates)
                 continue
             stats.model_calls += 1
         stats.streams = sum(len(g) for g in groups.values())
@@ -250,31 +247,68 @@ class StreamingEngine:
         for stream in ready:
             stream.waiting_since = now
         for stream in list(self.streams.values()):
-            update = updates.get(stream.stream_id) or StreamUpdate(stream.stream_id)
-            ends_now = stream.features_final and stream.pending_frames() == 0 and not stream.finished
-            if (ends_now and stream in ending_without_audio) or (ends_now and stream.stream_id in updates):
-                self._end_utterance(stream, "eof", update)
-                update.finished = stream.finished = True
-                if stream.has_slot:
-                    self.contexts.reset_slots([stream.stream_id], [True])
-                    stream.has_slot = False
-            elif stream.finalize_requested:
-                stream.finalize_requested = False
-                self._end_utterance(stream, "finalize", update)
-            elif utterance_ended(stream.options.endpointing, self._last_token_frame(stream),
-                                 stream.encoder_frames, self.frame_s * 1000):
-                self._end_utterance(stream, "endpoint", update)
-            else:
-                self._set_partial(stream, update)
-            update.audio_seconds = stream.features.samples_total / self.sample_rate
-            if update.partial is not None or update.finals or update.finished:
-                updates[stream.stream_id] = update
+            try:
+                self._update_transcript(stream, stream in ending_without_audio, updates)
+            except Exception as exc:  # a bug in one stream's bookkeeping: that stream only
+                log.exception("transcript update failed; dropping the stream", stream_id=stream.stream_id)
+                self._drop(stream, exc, updates)
         for stream_id, update in updates.items():
             if update.finished:
                 del self.streams[stream_id]
         stats.total_s = time.perf_counter() - started
         self.last_stats = stats
         return list(updates.values())
+
+    def _extract_features(self, needs: list[Stream], updates: dict[int, StreamUpdate]
+                          ) -> list[tuple[Stream, torch.Tensor]]:
+        """New frames of the streams in ``needs``, from one batched featurizer call.
+
+        Should that call fail, each stream is tried alone (extraction changes no state until it
+        succeeds): a stream that still fails is dropped, the others go on, and a batch too large
+        for the device's memory gets through piece by piece.
+        """
+        if len(needs) > 1:
+            try:
+                return list(zip(needs, self.features.extract([s.features for s in needs], [s.eof for s in needs])))
+            except Exception:
+                log.exception("batched feature extraction failed; extracting stream by stream", streams=len(needs))
+        extracted = []
+        for stream in needs:
+            try:
+                extracted.append((stream, self.features.extract([stream.features], [stream.eof])[0]))
+            except Exception as exc:
+                log.exception("feature extraction failed; dropping the stream", stream_id=stream.stream_id)
+                self._drop(stream, exc, updates)
+        return extracted
+
+    def _drop(self, stream: Stream, exc: Exception, updates: dict[int, StreamUpdate]) -> None:
+        """Close a stream the step failed for (a bug) and report why, in place of its update."""
+        self.close_stream(stream.stream_id)
+        updates[stream.stream_id] = StreamUpdate(stream.stream_id, failure=f"{type(exc).__name__}: {exc}")
+
+    def _update_transcript(self, stream: Stream, ended_without_audio: bool, updates: dict[int, StreamUpdate]
+                           ) -> None:
+        """After the model calls: end the stream's utterance (end of stream, forced finalize,
+        endpoint) or refresh its partial, and record its update if anything changed."""
+        update = updates.get(stream.stream_id) or StreamUpdate(stream.stream_id)
+        ends_now = stream.features_final and stream.pending_frames() == 0 and not stream.finished
+        if ends_now and (ended_without_audio or stream.stream_id in updates):
+            self._end_utterance(stream, "eof", update)
+            update.finished = stream.finished = True
+            if stream.has_slot:
+                self.contexts.reset_slots([stream.stream_id], [True])
+                stream.has_slot = False
+        elif stream.finalize_requested:
+            stream.finalize_requested = False
+            self._end_utterance(stream, "finalize", update)
+        elif utterance_ended(stream.options.endpointing, self._last_token_frame(stream),
+                             stream.encoder_frames, self.frame_s * 1000):
+            self._end_utterance(stream, "endpoint", update)
+        else:
+            self._set_partial(stream, update)
+        update.audio_seconds = stream.features.samples_total / self.sample_rate
+        if update.partial is not None or update.finals or update.finished:
+            updates[stream.stream_id] = update
 
     def _run_group(self, size: tuple[int, int], drop: int, group: list[Stream], stats: StepStats,
                    updates: dict[int, StreamUpdate]) -> None:

@@ -104,7 +104,11 @@ class FeatureExtractor:
         return min((state.samples_total - self.half_window) // self.hop + 1, state.samples_total // self.hop)
 
     def extract(self, states: list[FeatureState], finals: list[bool]) -> list[torch.Tensor]:
-        """New frames ``[n_mels, T_i]`` (float32, on the device) for each stream; may be empty."""
+        """New frames ``[n_mels, T_i]`` (float32, on the device) for each stream; may be empty.
+
+        The states change only once the batched featurizer call has succeeded: a caller whose
+        call raised can try again (stream by stream) without losing audio.
+        """
         windows: list[np.ndarray] = []
         spans: list[tuple[int, int]] = []  # (first kept frame within window, count)
         for state, final in zip(states, finals):
@@ -117,10 +121,6 @@ class FeatureExtractor:
             end = state.samples_total if final else (k1 - 1) * self.hop + self.half_window
             windows.append(state.samples[start - state.samples_start : end - state.samples_start])
             spans.append((k0 - start // self.hop, k1 - k0))
-            state.frames_done = k1
-            keep_from = max(0, (k1 - self.margin) * self.hop)
-            state.samples = state.samples[keep_from - state.samples_start :]
-            state.samples_start = keep_from
         lengths = [len(w) for w in windows]
         empty = torch.zeros(self.n_mels, 0, device=self.device)
         if max(lengths, default=0) == 0:
@@ -135,6 +135,13 @@ class FeatureExtractor:
                 feats = self.log_mel(audio, audio_lengths)
             else:
                 feats, _ = self.featurizer(audio, audio_lengths)
+        for state, (_, count) in zip(states, spans):
+            if count:
+                state.frames_done += count
+                # Keep the audio that later frames' windows (and their margin) still read.
+                keep_from = max(0, (state.frames_done - self.margin) * self.hop)
+                state.samples = state.samples[keep_from - state.samples_start :]
+                state.samples_start = keep_from
         return [
             feats[i, :, first : first + count].float() if count else empty
             for i, (first, count) in enumerate(spans)

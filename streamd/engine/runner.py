@@ -171,7 +171,7 @@ class EngineRunner:
             return _Cycle([], 0.0, failed) if applied or failed else None
         try:
             updates = engine.step()
-        except Exception as exc:  # a bug outside any one batch: no way to tell which stream, so all
+        except Exception as exc:  # a bug in the step's scheduling, outside every per-stream part: all streams
             log.exception("engine step failed; dropping every stream")
             for stream_id in list(engine.streams):
                 failed[stream_id] = f"step: {type(exc).__name__}: {exc}"

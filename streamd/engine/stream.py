@@ -49,7 +49,7 @@ class StreamUpdate:
     finals: list[Utterance] = field(default_factory=list)
     finished: bool = False
     audio_seconds: float = 0.0
-    failure: str | None = None  # the step failed for this stream's batch (a bug): the stream is gone
+    failure: str | None = None  # the step failed for this stream (a bug: batch, features or transcript): gone
 
 
 @dataclass(eq=False)  # identity, not field-by-field tensor comparison
