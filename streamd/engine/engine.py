@@ -325,10 +325,14 @@ class StreamingEngine:
                 key=size, steady=drop == self.drop_extra and signal.shape[2] == self._steady_frames[size])
             self._store_caches(ids, cache_channel, cache_time, cache_len)
             t1 = time.perf_counter()
-            hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
-                encoded, encoded_len, return_hypotheses=True,
+            # NeMo's greedy decoder alone: rnnt_decoder_predictions_tensor also turns every
+            # hypothesis into text, which streamd does itself from the tokens, and only for
+            # partials that changed. After change_decoding_strategy (decoder_cuda_graphs=false),
+            # its per-hypothesis check of a config list alone took 8 ms of a 256-stream CPU step.
+            hyps = self.model.decoding.decoding(
+                encoder_output=encoded, encoded_lengths=encoded_len,
                 partial_hypotheses=[self._continuation(s.hypothesis) for s in group],
-            )
+            )[0]
         t2 = time.perf_counter()
         stats.encoder_s += t1 - t0
         stats.decoder_s += t2 - t1
