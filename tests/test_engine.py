@@ -119,6 +119,19 @@ def test_nan_audio_is_refused_and_other_streams_are_unaffected(tone_model, rng):
     assert finals[0].finals[-1].text == seq.text
 
 
+def run_to_the_end(engine: StreamingEngine, ids: list[int], sequences: list[tones.ToneSequence]
+                   ) -> tuple[dict[int, str], dict[int, str]]:
+    """Push each sequence whole, end the streams, step until none is left: finals, failures."""
+    for stream_id, seq in zip(ids, sequences):
+        engine.push_audio(stream_id, seq.audio)
+        engine.end_stream(stream_id)
+    updates = []
+    while engine.streams:
+        updates += engine.step()
+    finals = {u.stream_id: u.finals[-1].text for u in updates if u.finished}
+    return finals, {u.stream_id: u.failure for u in updates if u.failure is not None}
+
+
 def test_a_failing_batch_drops_its_streams_and_the_other_chunk_sizes_go_on(tone_model, rng, monkeypatch):
     # A fault injected into one chunk size's batch stands in for a bug no input is known to cause.
     faulty, good = ATT_CONTEXT_SIZES[1], ATT_CONTEXT_SIZES[3]
@@ -133,33 +146,13 @@ def test_a_failing_batch_drops_its_streams_and_the_other_chunk_sizes_go_on(tone_
     monkeypatch.setattr(engine, "_run_group", run_group_or_fail)
     sequences = [tones.random_sequence(rng, 2, 4) for _ in range(4)]
     ids = [engine.open_stream(StreamOptions(att_context_size=size)) for size in (faulty, faulty, good, good)]
-    for stream_id, seq in zip(ids, sequences):
-        engine.push_audio(stream_id, seq.audio)
-        engine.end_stream(stream_id)
-    updates = []
-    while engine.streams:
-        updates += engine.step()
-    failures = {u.stream_id: u.failure for u in updates if u.failure is not None}
+    finals, failures = run_to_the_end(engine, ids, sequences)
     assert set(failures) == set(ids[:2]) and all("injected batch fault" in f for f in failures.values())
-    finals = {u.stream_id: u.finals[-1].text for u in updates if u.finished}
     assert finals == {ids[2]: sequences[2].text, ids[3]: sequences[3].text}
     # Their slots are free again: with the fault gone, four new streams fit and the faulty size works.
     monkeypatch.undo()
     again = tones.random_sequence(rng, 2, 4)
     assert transcribe_streaming(engine, [again.audio] * 4, StreamOptions(att_context_size=faulty))[0].text == again.text
-
-
-def run_to_the_end(engine: StreamingEngine, ids: list[int], sequences: list[tones.ToneSequence]
-                   ) -> tuple[dict[int, str], dict[int, str]]:
-    """Push each sequence whole, end the streams, step until none is left: finals, failures."""
-    for stream_id, seq in zip(ids, sequences):
-        engine.push_audio(stream_id, seq.audio)
-        engine.end_stream(stream_id)
-    updates = []
-    while engine.streams:
-        updates += engine.step()
-    finals = {u.stream_id: u.finals[-1].text for u in updates if u.finished}
-    return finals, {u.stream_id: u.failure for u in updates if u.failure is not None}
 
 
 @pytest.mark.parametrize("fault", ["one stream", "batches of several"])
