@@ -22,8 +22,9 @@
 #      server with the tone model must answer /readyz 200 (bench/serve_probe.py; on the lent H200s
 #      it had stopped answering once ready, 2026-11-26/27: if so, the probe's server log holds any
 #      handshake exception and the threads' stacks; then the probe runs again with NeMo's
-#      CUDA-graph decoder off, on the CPU, and on the CPU with a CUDA context in the process, to
-#      tell the GPU set-up's part, and the capacity runs are skipped).
+#      CUDA-graph decoder off, on the CPU, and on the CPU with a CUDA context in the process (or,
+#      if the CPU server is silent too, a bare websockets server), to tell the GPU set-up's part,
+#      and the capacity runs are skipped).
 #   5. with EXTRA=1: RNNT decoder CUDA graphs off; parity CPU fp32 vs DEVICE/DTYPE (tones, nemotron)
 # Environment: PY (default python3), DEVICE (cuda), DTYPE (bfloat16), the sizes below, and
 # PACK: a .tar.gz of OUTDIR rewritten after every stage (for runners that fetch few files).
@@ -127,7 +128,11 @@ if probe "$DEVICE" "$DEVICE"; then
 else  # which part of the GPU set-up stops it answering: NeMo's CUDA-graph decoder, the model on the
       # device, or a CUDA context in the process at all?
     probe "$DEVICE-decoder-graphs-off" "$DEVICE" decoder_cuda_graphs=false
-    probe cpu cpu && [ "$DEVICE" = cuda ] && probe cpu-cuda-context cpu --cuda-context
+    if probe cpu cpu; then
+        [ "$DEVICE" = cuda ] && probe cpu-cuda-context cpu --cuda-context
+    else  # not streamd's engine on any device: does a bare websockets server answer here?
+        probe bare cpu --bare
+    fi
 fi
 if [ "${EXTRA:-0}" = 1 ]; then
     engine decoder-graphs-off --encoder-cuda-graphs "$ENCODER_GRAPHS" --decoder-cuda-graphs off

@@ -9,7 +9,10 @@ raises or times out without logging it, so here every handshake is logged), prob
 and ``/healthz`` every half second with the time each answer took, then reports the kernel's
 view of the port (accept queue, connection states, which processes hold the sockets), the
 server's event loop (tasks, watched descriptors: SIGUSR2), its thread stacks (SIGUSR1), and
-stops it. Exit status 0 when ``/readyz`` answered 200, else 1.
+stops it. Exit status 0 when ``/readyz`` answered 200, else 1. Bisection aids:
+``--cuda-context`` creates a CUDA context in the server first (with ``--device cpu``: is CUDA in
+the process enough to silence it?); ``--bare`` probes a bare websockets server instead (does any
+asyncio WebSocket server answer on this machine?).
 """
 
 from __future__ import annotations
@@ -73,6 +76,21 @@ if os.environ.get("SERVE_PROBE_CUDA_CONTEXT"):
     import torch
     torch.zeros(1, device="cuda")  # a CUDA context in the process, whatever device serves
     log.info("CUDA context created", device=torch.cuda.get_device_name())
+if os.environ.get("SERVE_PROBE_BARE"):  # websockets alone: no streamd server, no torch, always 200
+    import faulthandler
+    from http import HTTPStatus
+    from websockets.asyncio.server import serve
+    from streamd.log import configure_logging
+
+    async def bare(port):
+        async with serve(lambda connection: connection.close(), "127.0.0.1", port, compression=None,
+                         process_request=lambda connection, request: connection.respond(HTTPStatus.OK, "ok\\n")):
+            log.info("ready", port=port)
+            await asyncio.Event().wait()  # until SIGTERM
+
+    configure_logging(fmt="json")
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    asyncio.run(bare(int(os.environ["SERVE_PROBE_BARE"])))
 from streamd.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -145,10 +163,17 @@ def main() -> int:
     parser.add_argument("--cuda-context", action="store_true",
                         help="create a CUDA context in the server before it starts (with --device cpu: "
                              "does CUDA in the process alone stop the server answering?)")
+    parser.add_argument("--bare", action="store_true",
+                        help="probe a bare websockets server (no streamd server, no torch) instead: does "
+                             "any asyncio WebSocket server answer on this machine?")
     parser.add_argument("overrides", nargs="*", help="more key=value settings for the server")
     args = parser.parse_intermixed_args()
     port = free_port()
-    env = {**os.environ, **({"SERVE_PROBE_CUDA_CONTEXT": "1"} if args.cuda_context else {})}
+    env = dict(os.environ)
+    if args.cuda_context:
+        env["SERVE_PROBE_CUDA_CONTEXT"] = "1"
+    if args.bare:
+        env["SERVE_PROBE_BARE"] = str(port)
     with args.log.open("w") as log:
         server = subprocess.Popen(
             server_command(args.model, port, [f"device={args.device}", *args.overrides], ("-c", INSTRUMENTED)),

@@ -43,3 +43,15 @@ def test_serve_probe_sees_ready_and_reports_the_servers_sockets_loop_and_stacks(
     listening = [fd for fd, target in report["open_fds"].items() if target.startswith("socket:")]
     assert set(map(int, listening)) & set(report["selector_fds"])  # the loop watches its sockets
     assert "most recent call first" in log.read_text()
+
+
+def test_serve_probe_bare_probes_a_websockets_server_without_streamd(tmp_path: Path):
+    log = tmp_path / "server.log"
+    proc = run_tool("bench/serve_probe.py", "no-model-needed", "--bare", "--log", str(log))
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert re.search(r"/readyz 200 b'ok\\n'", proc.stdout) and "/readyz 200 seen" in proc.stdout, proc.stdout
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert any(r["event"] == "opening handshake done" and r["status"] == 200 for r in records)
+    report = next(r for r in records if r["event"] == "probe report")
+    assert not any(task.startswith("engine-pump:") for task in report["tasks"])  # no streamd server
+    assert "torch" not in report["modules"]
