@@ -156,6 +156,31 @@ def test_a_failing_batch_drops_its_streams_and_the_other_chunk_sizes_go_on(tone_
 
 
 @pytest.mark.parametrize("fault", ["one stream", "batches of several"])
+def test_a_failed_model_call_is_retried_in_halves_and_drops_only_a_stream_that_fails_alone(
+        tone_model, rng, monkeypatch, fault):
+    # The fault is injected after both model calls ran, just before the new caches are stored:
+    # the retried halves must start from unchanged streams (frames, caches, decoder states), or
+    # the letters would come out wrong. "batches of several" stands for a batch too large for the
+    # device's memory; "one stream" for a bug one stream's data causes.
+    engine = StreamingEngine(tone_model, max_batch=8, max_streams=6)
+    sequences = [tones.random_sequence(rng, 2, 4) for _ in range(6)]
+    ids = [engine.open_stream(StreamOptions(att_context_size=size)) for size in [(70, 1)] * 3 + [(70, 6)] * 3]
+    store_caches = engine._store_caches
+
+    def store_caches_or_fail(group_ids, *caches):
+        if (ids[1] in group_ids) if fault == "one stream" else len(group_ids) > 1:
+            raise RuntimeError("injected model fault")
+        store_caches(group_ids, *caches)
+
+    monkeypatch.setattr(engine, "_store_caches", store_caches_or_fail)
+    finals, failures = run_to_the_end(engine, ids, sequences)
+    dropped = [ids[1]] if fault == "one stream" else []
+    assert set(failures) == set(dropped) and all("injected model fault" in f for f in failures.values())
+    assert finals == {i: seq.text for i, seq in zip(ids, sequences) if i not in dropped}
+    assert not engine.contexts.streamidx2slotidx, "every cache slot is free again, the dropped stream's too"
+
+
+@pytest.mark.parametrize("fault", ["one stream", "batches of several"])
 def test_a_feature_fault_drops_only_the_stream_it_belongs_to(tone_model, rng, monkeypatch, fault):
     # Injected faults stand in for bugs no input is known to cause. "batches of several" fails
     # the batched featurizer call alone (as running out of device memory would), inside the

@@ -433,19 +433,20 @@ FULL_SCALE_FRAME = np.full(1280, -32768, "<i2").tobytes()  # 80 ms at the lowest
 
 @pytest.mark.parametrize("code, poisoned, logged", [
     pytest.param(FAULTY_PUSH, True, "engine command failed", id="command"),
-    pytest.param(FAULTY_BATCH, False, "engine batch failed; dropping its streams", id="batch"),
+    pytest.param(FAULTY_BATCH, False, "model call failed for a stream alone; dropping it", id="batch"),
 ])
 def test_an_engine_fault_ends_that_session_with_internal_error_1011_and_the_others_go_on(
         tone_model_path: Path, tmp_path: Path, rng: np.random.Generator, code: str, poisoned: bool, logged: str):
     server = start_server(tone_model_path, tmp_path / "server.log", python_args=("-c", code))
-    good = letters_sequence(rng, 3)
+    good = letters_sequence(rng, 4)
     faulty = tone_pcm(tones.synthesize("abcdef", rng)).chunks(80)
     if poisoned:
         faulty.insert(10, FULL_SCALE_FRAME)
 
     async def scenario() -> list[Any]:
-        return await asyncio.gather(  # the good sessions at 80, 560 and 1120 ms; the faulty one at 160
-            *(stream(server.url, tone_pcm(seq), chunk_ms, speed=4.0) for seq, chunk_ms in zip(good, (80, 560, 1120))),
+        return await asyncio.gather(  # good sessions at every chunk size (batched with the faulty one at 160)
+            *(stream(server.url, tone_pcm(seq), chunk_ms, speed=4.0)
+              for seq, chunk_ms in zip(good, (80, 160, 560, 1120))),
             converse(server.url, protocol.config(chunk_ms=160, word_timestamps=False), *faulty, protocol.eof()),
         )
 

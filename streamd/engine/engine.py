@@ -164,8 +164,12 @@ class StreamingEngine:
 
     def close_stream(self, stream_id: int) -> None:
         """Drop a stream at once (client gone): no final, its cache slot is freed."""
-        stream = self.streams.pop(stream_id, None)
-        if stream is not None and stream.has_slot:
+        if self.streams.pop(stream_id, None) is not None:
+            self._free_slot(stream_id)
+
+    def _free_slot(self, stream_id: int) -> None:
+        """Give the stream's cache slot back (it gets one in its first model call, failed or not)."""
+        if stream_id in self.contexts.streamidx2slotidx:
             self.contexts.reset_slots([stream_id], [True])
 
     def has_work(self) -> bool:
@@ -231,15 +235,7 @@ class StreamingEngine:
                 continue
             groups[(stream.options.att_context_size, self._pre_encode(stream)[1])].append(stream)
         for (size, drop), group in groups.items():
-            try:
-                self._run_group(size, drop, group, stats, updates)
-            except Exception as exc:  # a bug: the group's streams are in an unknown state; the others are not
-                log.exception("engine batch failed; dropping its streams", att_context_size=list(size),
-                              streams=len(group))
-                for stream in group:
-                    self._drop(stream, exc, updates)
-                continue
-            stats.model_calls += 1
+            self._run_or_split(size, drop, group, stats, updates)
         stats.streams = sum(len(g) for g in groups.values())
 
         # 3. utterance ends: end of stream, forced finalize, endpoint
@@ -295,9 +291,7 @@ class StreamingEngine:
         if ends_now and (ended_without_audio or stream.stream_id in updates):
             self._end_utterance(stream, "eof", update)
             update.finished = stream.finished = True
-            if stream.has_slot:
-                self.contexts.reset_slots([stream.stream_id], [True])
-                stream.has_slot = False
+            self._free_slot(stream.stream_id)
         elif stream.finalize_requested:
             stream.finalize_requested = False
             self._end_utterance(stream, "finalize", update)
@@ -310,20 +304,45 @@ class StreamingEngine:
         if update.partial is not None or update.finals or update.finished:
             updates[stream.stream_id] = update
 
+    def _run_or_split(self, size: tuple[int, int], drop: int, group: list[Stream], stats: StepStats,
+                      updates: dict[int, StreamUpdate], first: bool = True) -> None:
+        """Run a group's model calls; if they fail, run each half of the group on its own.
+
+        A failed call changes no stream (:meth:`_run_group`), so halving costs only time: a batch
+        too large for the device's memory still gets through, and a fault that one stream causes
+        (a bug) drops that stream alone, after about log2(group size) extra calls.
+        """
+        try:
+            self._run_group(size, drop, group, stats, updates)
+            stats.model_calls += 1
+            return
+        except Exception as exc:
+            if first:  # the traceback once per group, not once per half
+                log.exception("engine batch failed", att_context_size=list(size), streams=len(group))
+            if len(group) == 1:
+                log.error("model call failed for a stream alone; dropping it", stream_id=group[0].stream_id,
+                          att_context_size=list(size), error=f"{type(exc).__name__}: {exc}")
+                self._drop(group[0], exc, updates)
+                return
+        half = len(group) // 2
+        for part in (group[:half], group[half:]):
+            self._run_or_split(size, drop, part, stats, updates, first=False)
+
     def _run_group(self, size: tuple[int, int], drop: int, group: list[Stream], stats: StepStats,
                    updates: dict[int, StreamUpdate]) -> None:
+        """One encoder and one decoder call for a group. The streams (frames, caches, decoder
+        state, tokens) change only once both calls have succeeded."""
         t0 = time.perf_counter()
-        signal, signal_len = self._assemble(group)
+        signal, signal_len, fed, histories = self._assemble(group)
         ids = [s.stream_id for s in group]
 
         with torch.inference_mode():
             self._use_size(size)
-            context, _ = self.contexts.get_context(ids)
-            encoded, encoded_len, cache_channel, cache_time, cache_len = self._encoder_step(
+            context, _ = self.contexts.get_context(ids)  # a new stream gets its slot here
+            encoded, encoded_len, *caches = self._encoder_step(
                 signal, signal_len,
                 (context.cache_last_channel, context.cache_last_time, context.cache_last_channel_len), drop,
                 key=size, steady=drop == self.drop_extra and signal.shape[2] == self._steady_frames[size])
-            self._store_caches(ids, cache_channel, cache_time, cache_len)
             t1 = time.perf_counter()
             # NeMo's greedy decoder alone: rnnt_decoder_predictions_tensor also turns every
             # hypothesis into text, which streamd does itself from the tokens, and only for
@@ -333,13 +352,16 @@ class StreamingEngine:
                 encoder_output=encoded, encoded_lengths=encoded_len,
                 partial_hypotheses=[self._continuation(s.hypothesis) for s in group],
             )[0]
-        t2 = time.perf_counter()
-        stats.encoder_s += t1 - t0
+            t2 = time.perf_counter()
+            self._store_caches(ids, *caches)
+        stats.encoder_s += t1 - t0 + time.perf_counter() - t2
         stats.decoder_s += t2 - t1
-        for i, (stream, hyp, n_out) in enumerate(zip(group, hyps, encoded_len.tolist())):
+        for i, (stream, frames, history, hyp, n_out) in enumerate(
+                zip(group, fed, histories, hyps, encoded_len.tolist())):
             if self.record_encoder_output:
                 self.encoder_outputs[stream.stream_id].append(encoded[i, :, :n_out].float().cpu())
-            stream.has_slot = True
+            stream.drop_frames(frames)
+            stream.history = history
             stream.steps += 1
             # The hypothesis holds this chunk's tokens only (see _continuation); their frame
             # indices are absolute (the decoder state keeps the offset): stream times as they are.
@@ -379,21 +401,22 @@ class StreamingEngine:
                                                self.features.n_mels)
         return self._encoder_step.graphs_captured
 
-    def _assemble(self, group: list[Stream]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _assemble(self, group: list[Stream]
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[int], list[torch.Tensor | None]]:
         """The encoder input of a group: each stream's pre-encode history and next chunk, zero-padded
-        to the longest, as ``[B, n_mels, T]`` in the model's dtype, and the lengths.
+        to the longest, as ``[B, n_mels, T]`` in the model's dtype, and the lengths; with, per
+        stream, the pending frames fed and the new history (applied by the caller on success).
 
         All pieces (views) go through one ``torch.cat`` and each stream's new history is sliced from
         one copy per distinct length: a handful of device operations per step rather than several
         per stream, which on a GPU would each be a kernel launch.
         """
-        feeds, lengths = [], []
+        feeds, lengths, fed = [], [], []
         for stream in group:
-            take = min(stream.pending_frames(), self._chunk_frames(stream))
+            fed.append(min(stream.pending_frames(), self._chunk_frames(stream)))
             history, _ = self._pre_encode(stream)
-            feeds.append(([] if history is None else [history]) + stream.take_frames(take))
+            feeds.append(([] if history is None else [history]) + stream.peek_frames(fed[-1]))
             lengths.append(sum(int(piece.shape[1]) for piece in feeds[-1]))
-            stream.mel_frames_fed += take
         longest = max(lengths)
         pieces = []
         for feed, length in zip(feeds, lengths):
@@ -407,14 +430,14 @@ class StreamingEngine:
         by_length: dict[int, list[int]] = defaultdict(list)
         for i, length in enumerate(lengths):
             by_length[length].append(i)
+        histories: list[torch.Tensor | None] = [None] * len(group)
         for length, rows in by_length.items():
             keep = min(length, self.pre_encode_cache)
             index = torch.tensor(rows, device=self.device)
-            histories = batch[:, :, length - keep : length].index_select(0, index)
-            for row, history in zip(rows, histories):
-                group[row].history = history
+            for row, history in zip(rows, batch[:, :, length - keep : length].index_select(0, index)):
+                histories[row] = history
         signal = batch.to(self.dtype, memory_format=torch.contiguous_format)
-        return signal, torch.tensor(lengths, device=self.device)
+        return signal, torch.tensor(lengths, device=self.device), fed, histories
 
     def _continuation(self, previous: Any) -> Any:
         """What the decoder continues a stream from: the last hypothesis's decoder state only.

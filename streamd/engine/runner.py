@@ -100,7 +100,7 @@ class EngineRunner:
             engine.push_audio(stream_id, noise.astype(np.float32))
             engine.end_stream(stream_id)
             updates: list[StreamUpdate] = []
-            while stream_id in engine.streams:  # until finished, or dropped by a failed batch
+            while stream_id in engine.streams:  # until finished, or dropped after a failure
                 updates += engine.step()
             if failure := next((u.failure for u in updates if u.failure is not None), None):
                 raise RuntimeError(f"warm-up at att_context_size {list(size)} failed: {failure}")

@@ -49,7 +49,7 @@ class StreamUpdate:
     finals: list[Utterance] = field(default_factory=list)
     finished: bool = False
     audio_seconds: float = 0.0
-    failure: str | None = None  # the step failed for this stream (a bug: batch, features or transcript): gone
+    failure: str | None = None  # the step failed for this stream alone (a bug): it is gone
 
 
 @dataclass(eq=False)  # identity, not field-by-field tensor comparison
@@ -65,7 +65,6 @@ class Stream:
     pending: list[torch.Tensor] = field(default_factory=list)
     pending_count: int = 0
     history: torch.Tensor | None = None  # last frames already fed (pre-encode cache) [n_mels, <=9]
-    mel_frames_fed: int = 0
     encoder_frames: int = 0  # encoder frames decoded so far
     steps: int = 0
     hypothesis: Any = None
@@ -79,7 +78,6 @@ class Stream:
     features_final: bool = False
     finalize_requested: bool = False
     finished: bool = False
-    has_slot: bool = False
     waiting_since: float = 0.0
 
     @property
@@ -94,18 +92,26 @@ class Stream:
             self.pending.append(frames)
             self.pending_count += int(frames.shape[1])
 
-    def take_frames(self, count: int) -> list[torch.Tensor]:
-        """The next ``count`` pending frames, as views (no copy), removed from ``pending``."""
-        taken: list[torch.Tensor] = []
+    def peek_frames(self, count: int) -> list[torch.Tensor]:
+        """The next ``count`` pending frames, as views (no copy); they stay pending until
+        :meth:`drop_frames` (a failed model call leaves the stream as it was)."""
+        peeked: list[torch.Tensor] = []
+        for piece in self.pending:
+            if count <= 0:
+                break
+            width = min(int(piece.shape[1]), count)
+            peeked.append(piece if width == piece.shape[1] else piece[:, :width])
+            count -= width
+        return peeked
+
+    def drop_frames(self, count: int) -> None:
+        """Remove the next ``count`` pending frames (the encoder has consumed them)."""
+        self.pending_count -= count
         while count > 0:
-            piece = self.pending[0]
-            width = int(piece.shape[1])
+            width = int(self.pending[0].shape[1])
             if width <= count:
-                taken.append(self.pending.pop(0))
+                self.pending.pop(0)
             else:
-                taken.append(piece[:, :count])
-                self.pending[0] = piece[:, count:]
+                self.pending[0] = self.pending[0][:, count:]
                 width = count
             count -= width
-            self.pending_count -= width
-        return taken
