@@ -30,8 +30,9 @@ from pathlib import Path
 
 from streamd.serverproc import free_port, server_command
 
-# Run in the server process before the CLI: every opening handshake logged with its time (and
-# what it raised), and the event loop's state logged on SIGUSR2.
+# Run in the server process before the CLI (with SERVE_PROBE_BARE, a bare websockets server in its
+# place): every opening handshake logged with its time (and what it raised), and the event loop's
+# state logged on SIGUSR2.
 INSTRUMENTED = """
 import asyncio, os, signal, sys, threading, time
 from websockets.asyncio.server import ServerConnection

@@ -8,10 +8,12 @@ hash of the code that defines it, so a change to training or synthesis retrains 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,6 +42,11 @@ def streamd_cli(*args: str, timeout: float = 900, check: bool = True) -> subproc
     if check and proc.returncode != 0:
         raise AssertionError(f"streamd {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
+
+
+def log_records(text: str) -> list[dict[str, Any]]:
+    """The JSON records of a ``--log-format json`` log (other lines, e.g. tracebacks, skipped)."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 def _cached_model(name: str, create_args: list[str], code: tuple[str, ...]) -> Path:

@@ -3,13 +3,12 @@ must already work when it starts."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, log_records
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess:
@@ -35,7 +34,7 @@ def test_serve_probe_sees_ready_and_reports_the_servers_sockets_loop_and_stacks(
     # The kernel's view: the listening socket, held by the server and nothing else.
     assert re.search(rf"127\.0\.0\.1:\d+ -> 0\.0\.0\.0:0 LISTEN rx=0 .* held by pids \['{server_pid}'\]",
                      proc.stdout), proc.stdout
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    records = log_records(log.read_text())
     handshakes = [r for r in records if r["event"] == "opening handshake done"]
     assert {r["status"] for r in handshakes} == {200, 503}
     report = next(r for r in records if r["event"] == "probe report")
@@ -50,7 +49,7 @@ def test_serve_probe_bare_probes_a_websockets_server_without_streamd(tmp_path: P
     proc = run_tool("bench/serve_probe.py", "no-model-needed", "--bare", "--log", str(log))
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert re.search(r"/readyz 200 b'ok\\n'", proc.stdout) and "/readyz 200 seen" in proc.stdout, proc.stdout
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    records = log_records(log.read_text())
     assert any(r["event"] == "opening handshake done" and r["status"] == 200 for r in records)
     report = next(r for r in records if r["event"] == "probe report")
     assert not any(task.startswith("engine-pump:") for task in report["tasks"])  # no streamd server

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from conftest import ROOT
+from conftest import ROOT, log_records
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -458,7 +458,7 @@ def test_an_engine_fault_ends_that_session_with_internal_error_1011_and_the_othe
         assert "done" not in [m["type"] for m in messages]
         server.wait_idle()
         assert server.get("/readyz")[0] == 200  # and the server serves on
-        records = [json.loads(line) for line in server.log_tail(100_000).splitlines() if line.startswith("{")]
+        records = log_records(server.log_tail(100_000))
         assert [r["event"] for r in records].count(logged) == 1
         assert [r["outcome"] for r in records if r["event"] == "session closed"].count("internal_error") == 1
     finally:
