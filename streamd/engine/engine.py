@@ -31,6 +31,7 @@ import itertools
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,7 +219,13 @@ class StreamingEngine:
         # 1. features for every stream with new audio (one batched featurizer call)
         needs = [s for s in self.streams.values() if not s.features_final and (
             s.eof or self.features.ready_frames(s.features, False) > s.features.frames_done)]
-        for stream, frames in self._extract_features(needs, updates):
+        extracted: list[tuple[Stream, torch.Tensor]] = []
+
+        def extract(part: list[Stream]) -> None:
+            extracted.extend(zip(part, self.features.extract([s.features for s in part], [s.eof for s in part])))
+
+        self._run_in_parts("feature extraction", needs, extract, updates)
+        for stream, frames in extracted:
             stream.append_frames(frames)
             stream.features_final = stream.eof
         stats.features_s = time.perf_counter() - started
@@ -235,7 +242,10 @@ class StreamingEngine:
                 continue
             groups[(stream.options.att_context_size, self._pre_encode(stream)[1])].append(stream)
         for (size, drop), group in groups.items():
-            self._run_or_split(size, drop, group, stats, updates)
+            def model_call(part: list[Stream]) -> None:  # run before the loop moves on
+                self._run_group(size, drop, part, stats, updates)  # noqa: B023
+
+            self._run_in_parts("model call", group, model_call, updates, att_context_size=list(size))
         stats.streams = sum(len(g) for g in groups.values())
 
         # 3. utterance ends: end of stream, forced finalize, endpoint
@@ -255,27 +265,28 @@ class StreamingEngine:
         self.last_stats = stats
         return list(updates.values())
 
-    def _extract_features(self, needs: list[Stream], updates: dict[int, StreamUpdate]
-                          ) -> list[tuple[Stream, torch.Tensor]]:
-        """New frames of the streams in ``needs``, from one batched featurizer call.
-
-        Should that call fail, each stream is tried alone (extraction changes no state until it
-        succeeds): a stream that still fails is dropped, the others go on, and a batch too large
-        for the device's memory gets through piece by piece.
-        """
-        if len(needs) > 1:
-            try:
-                return list(zip(needs, self.features.extract([s.features for s in needs], [s.eof for s in needs])))
-            except Exception:
-                log.exception("batched feature extraction failed; extracting stream by stream", streams=len(needs))
-        extracted = []
-        for stream in needs:
-            try:
-                extracted.append((stream, self.features.extract([stream.features], [stream.eof])[0]))
-            except Exception as exc:
-                log.exception("feature extraction failed; dropping the stream", stream_id=stream.stream_id)
-                self._drop(stream, exc, updates)
-        return extracted
+    def _run_in_parts(self, what: str, streams: list[Stream], run: Callable[[list[Stream]], None],
+                      updates: dict[int, StreamUpdate], first: bool = True, **context: Any) -> None:
+        """``run(streams)`` (one batched call); if it raises, each half on its own, down to single
+        streams. ``run`` changes no stream when it raises, so splitting costs only time: work too
+        large for the device's memory still gets through, and a fault that one stream causes (a
+        bug) drops that stream alone, after about log2(len(streams)) extra calls."""
+        if not streams:
+            return
+        try:
+            run(streams)
+            return
+        except Exception as exc:
+            if first:  # the traceback once, not once per part
+                log.exception(f"{what} failed", streams=len(streams), **context)
+            if len(streams) == 1:
+                log.error(f"{what} failed for a stream alone; dropping it", stream_id=streams[0].stream_id,
+                          error=f"{type(exc).__name__}: {exc}", **context)
+                self._drop(streams[0], exc, updates)
+                return
+        half = len(streams) // 2
+        for part in (streams[:half], streams[half:]):
+            self._run_in_parts(what, part, run, updates, first=False, **context)
 
     def _drop(self, stream: Stream, exc: Exception, updates: dict[int, StreamUpdate]) -> None:
         """Close a stream the step failed for (a bug) and report why, in place of its update."""
@@ -303,30 +314,6 @@ class StreamingEngine:
         update.audio_seconds = stream.features.samples_total / self.sample_rate
         if update.partial is not None or update.finals or update.finished:
             updates[stream.stream_id] = update
-
-    def _run_or_split(self, size: tuple[int, int], drop: int, group: list[Stream], stats: StepStats,
-                      updates: dict[int, StreamUpdate], first: bool = True) -> None:
-        """Run a group's model calls; if they fail, run each half of the group on its own.
-
-        A failed call changes no stream (:meth:`_run_group`), so halving costs only time: a batch
-        too large for the device's memory still gets through, and a fault that one stream causes
-        (a bug) drops that stream alone, after about log2(group size) extra calls.
-        """
-        try:
-            self._run_group(size, drop, group, stats, updates)
-            stats.model_calls += 1
-            return
-        except Exception as exc:
-            if first:  # the traceback once per group, not once per half
-                log.exception("engine batch failed", att_context_size=list(size), streams=len(group))
-            if len(group) == 1:
-                log.error("model call failed for a stream alone; dropping it", stream_id=group[0].stream_id,
-                          att_context_size=list(size), error=f"{type(exc).__name__}: {exc}")
-                self._drop(group[0], exc, updates)
-                return
-        half = len(group) // 2
-        for part in (group[:half], group[half:]):
-            self._run_or_split(size, drop, part, stats, updates, first=False)
 
     def _run_group(self, size: tuple[int, int], drop: int, group: list[Stream], stats: StepStats,
                    updates: dict[int, StreamUpdate]) -> None:
@@ -356,6 +343,7 @@ class StreamingEngine:
             self._store_caches(ids, *caches)
         stats.encoder_s += t1 - t0 + time.perf_counter() - t2
         stats.decoder_s += t2 - t1
+        stats.model_calls += 1
         for i, (stream, frames, history, hyp, n_out) in enumerate(
                 zip(group, fed, histories, hyps, encoded_len.tolist())):
             if self.record_encoder_output:

@@ -107,7 +107,7 @@ class FeatureExtractor:
         """New frames ``[n_mels, T_i]`` (float32, on the device) for each stream; may be empty.
 
         The states change only once the batched featurizer call has succeeded: a caller whose
-        call raised can try again (stream by stream) without losing audio.
+        call raised can try again (with fewer streams) without losing audio.
         """
         windows: list[np.ndarray] = []
         spans: list[tuple[int, int]] = []  # (first kept frame within window, count)
