@@ -12,20 +12,20 @@
 #   1. correctness on the device: the tone model recognizes known tone audio on DEVICE in DTYPES
 #      at every chunk size, with the encoder's CUDA graphs off and on (bench/device_check.py).
 #      Skipped without TONE_MODEL; if the engine crashes there, the script stops; if a transcript
-#      differs with graphs on, the later stages run with them off.
+#      differs with graphs on, the graphs-on engine stage is skipped.
 #   2. nemotron-0.6b (untrained: same shapes and FLOPs) built
-#   3. engine ceiling in DTYPE with the encoder's CUDA graphs on and off (tokens/s column); if
-#      "on" fails, once more with CUDA_LAUNCH_BLOCKING=1 (the failing operation) and the later
-#      stages run with the graphs off
-#   4. real-time capacity through the server at 160 and 1120 ms chunks (Riva NIM's published
-#      figures: >400 streams at 160 ms, >1500 at 1120 ms), the server logs kept. First a probe: a
-#      server with the tone model must answer /readyz 200 (bench/serve_probe.py; on the lent H200s
-#      it had stopped answering once ready, 2026-11-26/27: if so, the probe's server log holds any
-#      handshake exception and the threads' stacks; then the probe runs again with NeMo's
-#      CUDA-graph decoder off, on the CPU, and on the CPU with a CUDA context in the process (or,
-#      if the CPU server is silent too, a bare websockets server), to tell the GPU set-up's part,
-#      and the capacity runs are skipped).
-#   5. with EXTRA=1: RNNT decoder CUDA graphs off; parity CPU fp32 vs DEVICE/DTYPE (tones, nemotron)
+#   3. real-time capacity through the server at 160 and 1120 ms chunks (Riva NIM's published
+#      figures: >400 streams at 160 ms, >1500 at 1120 ms), default settings (encoder eager), the
+#      server logs kept. First a probe: a server with the tone model must answer /readyz 200
+#      (bench/serve_probe.py; on the lent H200s, gVisor machines, it had stopped answering once
+#      ready, 2026-11-26/27: if so, the probe's server log holds any handshake exception and the
+#      threads' stacks; then the probe runs again with NeMo's CUDA-graph decoder off, on the CPU,
+#      and on the CPU with a CUDA context in the process (or, if the CPU server is silent too, a
+#      bare websockets server), to tell the GPU set-up's part, and the capacity runs are skipped).
+#   4. engine ceiling in DTYPE with the encoder's CUDA graphs off and on, then the RNNT decoder's
+#      off too (tokens/s column); if "on" fails, last once more with CUDA_LAUNCH_BLOCKING=1 (the
+#      failing operation)
+#   5. with EXTRA=1: parity CPU fp32 vs DEVICE/DTYPE (tones, nemotron)
 # Environment: PY (default python3), DEVICE (cuda), DTYPE (bfloat16), the sizes below, and
 # PACK: a .tar.gz of OUTDIR rewritten after every stage (for runners that fetch few files).
 set -uo pipefail
@@ -38,15 +38,15 @@ ARCH="${ARCH:-nemotron-0.6b}"
 DTYPES="${DTYPES:-bfloat16}"  # correctness: space-separated
 ENGINE_STREAMS="${ENGINE_STREAMS:-64,512}"
 ENGINE_SECONDS="${ENGINE_SECONDS:-4}"
-RAMP_160="${RAMP_160:-100,200,400,600}"
-RAMP_1120="${RAMP_1120:-400,800,1600,2400}"
+RAMP_160="${RAMP_160:-200,410,520,640}"
+RAMP_1120="${RAMP_1120:-800,1510,2000,2500}"
 CAPACITY_SECONDS="${CAPACITY_SECONDS:-8}"
 MAX_BATCH_160="${MAX_BATCH_160:-1024}"
 MAX_BATCH_1120="${MAX_BATCH_1120:-2048}"
 # Client processes for the capacity runs: one sent and read ~860 messages a second with 13 % of a
 # core of the 2-core VM (64 streams of 80 ms frames at 1120 ms chunks); 600 streams at 160 ms
 # chunks are 3,750 a second each way.
-CLIENT_PROCESSES="${CLIENT_PROCESSES:-4}"
+CLIENT_PROCESSES="${CLIENT_PROCESSES:-6}"
 ENCODER_GRAPHS=on
 HERE="$(cd "$(dirname "$0")" && pwd)"
 mkdir -p "$OUT"
@@ -82,7 +82,7 @@ if [ -n "$TONES" ]; then
         status=$?
         grep -a -E "ms:|sent|Error" "$OUT/correctness-$dtype.log" | tail -12
         if [ $status -eq 3 ]; then
-            ENCODER_GRAPHS=off
+            ENCODER_GRAPHS=wrong  # transcripts differ with the graphs: not worth timing
         elif [ $status -ne 0 ]; then
             echo "the engine does not run on $DEVICE; stopping"
             exit 1
@@ -92,29 +92,13 @@ fi
 
 stage model 180 "${STREAMD[@]}" model create --arch "$ARCH" --out "$MODEL" || exit 1
 
-engine() {  # engine NAME FLAGS...: the engine ceiling at 160 and 1120 ms
-    local name="$1"
-    shift
-    stage "engine-$name" 150 "${STREAMD[@]}" bench engine --model "$MODEL" "${ON_DEVICE[@]}" "$@" \
-        --streams "$ENGINE_STREAMS" --chunk-ms 160,1120 --seconds "$ENGINE_SECONDS" \
-        --no-sequential --out "$OUT/engine-$name.json" --markdown "$OUT/tables.md"
-}
 capacity() {  # capacity CHUNK_MS RAMP MAX_BATCH: one run per chunk size, so that a run cut short leaves the others'
     stage "capacity-$1" 240 "${STREAMD[@]}" bench server --model "$MODEL" "${ON_DEVICE[@]}" \
-        --encoder-cuda-graphs "$ENCODER_GRAPHS" --scenarios capacity --chunk-ms "$1" --ramp "$2" \
+        --scenarios capacity --chunk-ms "$1" --ramp "$2" \
         --max-batch "$3" --frame-ms chunk --no-aligned --no-ceiling --seconds "$CAPACITY_SECONDS" \
         --client-processes "$CLIENT_PROCESSES" \
         --server-log-dir "$OUT" --out "$OUT/capacity-$1.json" --markdown "$OUT/tables.md"
 }
-if [ "$ENCODER_GRAPHS" = on ] && ! engine encoder-graphs-on --encoder-cuda-graphs on; then
-    # Where did it fail? With launches synchronous, the traceback names the failing operation
-    # (2026-11-27: an illegal memory access after the buffers grew, 64 -> 512 streams).
-    ENCODER_GRAPHS=off
-    CUDA_LAUNCH_BLOCKING=1 stage engine-encoder-graphs-on-blocking 120 "${STREAMD[@]}" bench engine \
-        --model "$MODEL" "${ON_DEVICE[@]}" --encoder-cuda-graphs on --streams 64,512 --chunk-ms 160 \
-        --seconds 2 --no-sequential --out "$OUT/engine-encoder-graphs-on-blocking.json"
-fi
-engine encoder-graphs-off --encoder-cuda-graphs off
 probe() {  # probe NAME DEVICE [serve_probe option or key=value...]: does a server turn ready and answer?
     local name="$1" device="$2"
     shift 2
@@ -134,8 +118,26 @@ else  # which part of the GPU set-up stops it answering: NeMo's CUDA-graph decod
         probe bare cpu --bare
     fi
 fi
+engine() {  # engine NAME FLAGS...: the engine ceiling at 160 and 1120 ms
+    local name="$1"
+    shift
+    stage "engine-$name" 150 "${STREAMD[@]}" bench engine --model "$MODEL" "${ON_DEVICE[@]}" "$@" \
+        --streams "$ENGINE_STREAMS" --chunk-ms 160,1120 --seconds "$ENGINE_SECONDS" \
+        --no-sequential --out "$OUT/engine-$name.json" --markdown "$OUT/tables.md"
+}
+engine encoder-graphs-off --encoder-cuda-graphs off
+if [ "$ENCODER_GRAPHS" = on ]; then
+    engine encoder-graphs-on --encoder-cuda-graphs on || ENCODER_GRAPHS=failed
+fi
+engine decoder-graphs-off --encoder-cuda-graphs off --decoder-cuda-graphs off
+if [ "$ENCODER_GRAPHS" = failed ]; then
+    # Where did it fail? With launches synchronous, the traceback names the failing operation
+    # (2026-11-27: an illegal memory access after the buffers grew, 64 -> 512 streams).
+    CUDA_LAUNCH_BLOCKING=1 stage engine-encoder-graphs-on-blocking 120 "${STREAMD[@]}" bench engine \
+        --model "$MODEL" "${ON_DEVICE[@]}" --encoder-cuda-graphs on --streams 64,512 --chunk-ms 160 \
+        --seconds 2 --no-sequential --out "$OUT/engine-encoder-graphs-on-blocking.json"
+fi
 if [ "${EXTRA:-0}" = 1 ]; then
-    engine decoder-graphs-off --encoder-cuda-graphs "$ENCODER_GRAPHS" --decoder-cuda-graphs off
     [ -n "$TONES" ] && stage parity-tones 60 "${STREAMD[@]}" parity rnnt --model "$TONES" --audio "$OUT/tones.wav" \
         --test "device=$DEVICE,dtype=$DTYPE" --out "$OUT/parity-tones.json"
     stage parity-nemotron 90 "${STREAMD[@]}" parity rnnt --model "$MODEL" --audio "$OUT/tones.wav" \

@@ -42,6 +42,7 @@ class ServeConfig:
     max_batch: int = 32  # streams per model step
     decoder_cuda_graphs: bool = True  # RNNT decoder label loop as CUDA graphs (CUDA only)
     encoder_cuda_graphs: bool = False  # encoder's steady streaming steps as CUDA graphs (CUDA only)
+    warmup_batch: int = 0  # streams per chunk size in the warm-up's batch; 0 = max_batch on CUDA, none elsewhere
     default_chunk_ms: int = 1120  # chunk of a session whose config names none
     max_message_bytes: int = 1_048_576  # larger frames end the session (message_too_big)
     idle_timeout_s: float = 30.0  # no client message this long ends the session
@@ -51,8 +52,9 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be between 0 and 65535")
-        if self.threads < 0:
-            raise ValueError("threads must be 0 (torch's default) or more")
+        for name in ("threads", "warmup_batch"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (the default) or more")
         for name in ("max_sessions", "max_batch", "default_chunk_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -471,6 +471,21 @@ def test_a_chunk_size_that_fails_its_warm_up_stops_the_server_with_the_reason(to
     assert "startup failed" in str(failure.value) and "warm-up at att_context_size [70, 6] failed" in str(failure.value)
 
 
+def test_warm_up_batches_warmup_batch_streams_per_chunk_size(server: ServerProcess, tone_model_path: Path,
+                                                            tmp_path: Path):
+    def warmed_up(log: str) -> dict[str, Any]:
+        return next(r for r in log_records(log) if r["event"] == "engine warmed up")
+
+    assert warmed_up(server.log_tail(1_000_000))["largest_batch"] == 1  # CPU default: one stream at a time
+    batched = start_server(tone_model_path, tmp_path / "server.log", warmup_batch=5, max_batch=4)
+    try:
+        record = warmed_up(batched.log_tail(1_000_000))
+        assert record["largest_batch"] == 4  # capped at max_batch
+        assert sorted(record["seconds"]) == ["[70, 0]", "[70, 13]", "[70, 1]", "[70, 6]"]
+    finally:
+        assert batched.stop() == 0, batched.log_tail()
+
+
 # ---------------------------------------------------------------------- shutdown
 def test_sigterm_sends_every_session_its_final_and_done(tone_model_path: Path, tmp_path: Path,
                                                        rng: np.random.Generator):

@@ -25,6 +25,7 @@ def test_defaults_and_overrides():
     (["model=m", "port=70000"], "port must be between 0 and 65535"),
     (["model=m", "max_sessions=0"], "max_sessions must be at least 1"),
     (["model=m", "idle_timeout_s=0"], "idle_timeout_s must be positive"),
+    (["model=m", "warmup_batch=-1"], "warmup_batch must be 0"),
     (["model=m", "port"], "use key=value"),
 ])
 def test_bad_settings_name_the_key(overrides: list[str], message: str):

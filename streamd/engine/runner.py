@@ -78,34 +78,57 @@ class EngineRunner:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def start(self, build: Callable[[], StreamingEngine]) -> StreamingEngine:
-        """Build the engine on the worker thread, warm it up, and start stepping."""
+    async def start(self, build: Callable[[], StreamingEngine], warmup_batch: int = 0) -> StreamingEngine:
+        """Build the engine on the worker thread, warm it up, and start stepping.
+
+        ``warmup_batch``: streams per chunk size in the warm-up's batched round; 0 = the engine's
+        batch limit on CUDA, none elsewhere (see :meth:`_warm_up`)."""
         self._engine = await self._call(build)
-        await self._call(self._warm_up)
+        await self._call(self._warm_up, warmup_batch)
         self._pump_task = asyncio.create_task(self._pump(), name="engine-pump")
         return self._engine
 
-    def _warm_up(self) -> None:
-        """Encoder CUDA graphs for every batch size, then one short stream per chunk size, so the
-        first clients do not pay for captures and lazy inits."""
+    def _warm_up(self, batch: int) -> None:
+        """Encoder CUDA graphs for every batch size, then per chunk size one short stream and a
+        batch of ``batch`` streams, so that the first clients do not pay for captures and lazy
+        inits. On CUDA the batch defaults to ``max_batch``: NeMo's CUDA-graph decoder captures
+        its graphs again whenever a batch outgrows the largest it has seen, and the caching
+        allocator grows likewise, so without it the first steps of a burst of clients stall."""
         engine = self.engine
         started = time.monotonic()
         if captured := engine.capture_encoder_graphs():
             log.info("encoder CUDA graphs captured", graphs=captured, seconds=round(time.monotonic() - started, 1))
+        if batch == 0:
+            batch = engine.max_batch if engine.device.type == "cuda" else 1
+        batch = min(batch, engine.max_batch, engine.max_streams)
         noise = np.random.default_rng(0).normal(0.0, 1e-3, int(WARMUP_SECONDS * engine.sample_rate))
-        seconds = {}
+        noise = noise.astype(np.float32)
+        seconds, largest = {}, 0
         for size in engine.att_context_sizes:
             started = time.monotonic()
-            stream_id = engine.open_stream(StreamOptions(att_context_size=size))
-            engine.push_audio(stream_id, noise.astype(np.float32))
-            engine.end_stream(stream_id)
-            updates: list[StreamUpdate] = []
-            while stream_id in engine.streams:  # until finished, or dropped after a failure
-                updates += engine.step()
-            if failure := next((u.failure for u in updates if u.failure is not None), None):
-                raise RuntimeError(f"warm-up at att_context_size {list(size)} failed: {failure}")
+            largest = max(largest, self._warm_up_streams(size, 1, noise))
+            if batch > 1:  # a first chunk and two more: the batch's first and steady shapes
+                chunk_samples = int((size[1] + 1) * engine.frame_s * engine.sample_rate)
+                largest = max(largest, self._warm_up_streams(size, batch, noise[: 3 * chunk_samples]))
             seconds[str(list(size))] = round(time.monotonic() - started, 2)
-        log.info("engine warmed up", seconds=seconds)
+        log.info("engine warmed up", seconds=seconds, largest_batch=largest)
+
+    def _warm_up_streams(self, size: tuple[int, int], count: int, audio: np.ndarray) -> int:
+        """``count`` streams of ``audio`` at one chunk size, stepped until they finish; the
+        largest number of streams one step served."""
+        engine = self.engine
+        ids = [engine.open_stream(StreamOptions(att_context_size=size)) for _ in range(count)]
+        for stream_id in ids:
+            engine.push_audio(stream_id, audio)
+            engine.end_stream(stream_id)
+        updates: list[StreamUpdate] = []
+        largest = 0
+        while any(stream_id in engine.streams for stream_id in ids):  # until finished, or dropped after a failure
+            updates += engine.step()
+            largest = max(largest, engine.last_stats.streams)
+        if failure := next((u.failure for u in updates if u.failure is not None), None):
+            raise RuntimeError(f"warm-up at att_context_size {list(size)} failed: {failure}")
+        return largest
 
     async def stop(self) -> None:
         """Stop stepping and let the worker thread finish what it is doing."""
