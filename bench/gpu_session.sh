@@ -102,9 +102,12 @@ capacity() {  # capacity CHUNK_MS RAMP MAX_BATCH: one run per chunk size, so tha
 probe() {  # probe NAME DEVICE [serve_probe option or key=value...]: does a server turn ready and answer?
     local name="$1" device="$2"
     shift 2
+    local status
     stage "serve-probe-$name" 150 "$PY" "$HERE/serve_probe.py" "${TONES:-$MODEL}" --device "$device" \
         --log "$OUT/server-probe-$name.log" max_sessions=600 "$@"
+    status=$?
     tail -12 "$OUT/serve-probe-$name.log"
+    return $status
 }
 if probe "$DEVICE" "$DEVICE"; then
     capacity 160 "$RAMP_160" "$MAX_BATCH_160"

@@ -34,12 +34,19 @@ from streamd.serverproc import free_port, server_command
 # place): every opening handshake logged with its time (and what it raised), and the event loop's
 # state logged on SIGUSR2.
 INSTRUMENTED = """
-import asyncio, os, signal, sys, threading, time
+import asyncio, os, signal, sys, threading, time, traceback
 from websockets.asyncio.server import ServerConnection
 from streamd.log import get_logger
 
-handshake = ServerConnection.handshake
+handshake, data_received = ServerConnection.handshake, ServerConnection.data_received
 log = get_logger("serve_probe")
+
+def received(self, data):
+    # What a connection read before its request was parsed (websockets drops a request it cannot
+    # parse silently: it half-closes without a response and keeps the reason in handshake_exc).
+    if self.request is None:
+        log.info("request bytes", data=repr(bytes(data[:200])), length=len(data))
+    data_received(self, data)
 
 async def logged(self, *args, **kwargs):
     # BaseException too: websockets' open_timeout cancels a handshake that hangs.
@@ -50,9 +57,13 @@ async def logged(self, *args, **kwargs):
         log.exception("opening handshake raised", seconds=round(time.monotonic() - started, 2),
                       request_received=self.request is not None)
         raise
+    failure = self.protocol.handshake_exc
+    cause = failure.__cause__ if failure is not None else None
     log.info("opening handshake done", seconds=round(time.monotonic() - started, 3),
              path=self.request.path if self.request else None,
-             status=self.response.status_code if self.response else None)
+             status=self.response.status_code if self.response else None,
+             handshake_exc=repr(failure) if failure is not None else None,
+             cause="".join(traceback.format_exception(cause)) if cause is not None else None)
 
 def report(signum, frame):
     # Runs on the main thread, which runs the event loop: its tasks, the file descriptors its
@@ -73,6 +84,7 @@ def report(signum, frame):
 
 signal.signal(signal.SIGUSR2, report)
 ServerConnection.handshake = logged
+ServerConnection.data_received = received
 if os.environ.get("SERVE_PROBE_CUDA_CONTEXT"):
     import torch
     torch.zeros(1, device="cuda")  # a CUDA context in the process, whatever device serves
@@ -161,6 +173,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--log", type=Path, required=True, help="the server's log")
     parser.add_argument("--seconds", type=float, default=100, help="probe this long at most (default 100)")
+    parser.add_argument("--grace", type=float, default=30,
+                        help="after the server logs ready, give /readyz this long to answer 200 (default 30)")
     parser.add_argument("--cuda-context", action="store_true",
                         help="create a CUDA context in the server before it starts (with --device cpu: "
                              "does CUDA in the process alone stop the server answering?)")
@@ -188,7 +202,7 @@ def main() -> int:
         if ready_at is None and '"event": "ready"' in args.log.read_text():
             ready_at = time.monotonic()
             print(probe(port, "/healthz"), flush=True)
-        if answered or (ready_at is not None and time.monotonic() - ready_at > 30):
+        if answered or (ready_at is not None and time.monotonic() - ready_at > args.grace):
             break
         time.sleep(0.5)
     if server.poll() is None:

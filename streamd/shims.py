@@ -4,8 +4,11 @@
   ``import nemo.collections.asr`` fail; :mod:`streamd.patches.triton` fixes it in memory.
 * ``nv_one_logger`` missing from some mirrors/images: NeMo imports it unconditionally;
   :mod:`streamd.mocks.nv_one_logger` stands in for it.
+* ``cuda-python`` installed (CUDA images): NeMo's NVRTC helper, compiling the CUDA-graph
+  decoder's kernels, overwrites CPython's shared ``b" "`` object, after which no HTTP request
+  parses; :mod:`streamd.patches.nemo_nvrtc` gives it a buffer of its own.
 
-With a healthy triton and a real nv_one_logger, nothing is replaced.
+With a healthy triton, a real nv_one_logger and no cuda-python, nothing is replaced.
 """
 
 from __future__ import annotations
@@ -83,6 +86,9 @@ def apply_shims() -> list[str]:
     if not _nv_one_logger_importable():
         install_nv_one_logger_mock()
         applied.append("nv_one_logger: mock package")
+    from streamd.patches import nemo_nvrtc  # after the two above: it imports a NeMo module
+
+    applied += nemo_nvrtc.apply()
     if applied:
         log.info("shims applied", shims=applied)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,36 @@ def test_real_nv_one_logger_is_not_replaced(untrained_tiny_path):
     assert result["finished"]
     assert not any("nv_one_logger" in a for a in result["applied"])
     assert "mocks" not in result["nv_one_logger"]
+
+
+# NeMo's run_nvrtc as the CUDA-graph decoder calls it, with a fake cuda-python (no GPU here);
+# prints what the shim did and what the interpreter's shared b" " object holds afterwards.
+NVRTC_PROBE = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from streamd.patches import nemo_nvrtc
+applied = nemo_nvrtc.apply() if sys.argv[2] == "shim" else []
+from nemo.core.utils.cuda_python_utils import run_nvrtc
+kernel = run_nvrtc("extern \"C\" __global__ void k() {}", b"k", b"k.cu")
+print("PROBE " + json.dumps({"applied": applied, "kernel": kernel, "space": list(b" "),
+                             "request_line": len(b"GET /readyz HTTP/1.1".split(b" ", 2))}))
+"""
+
+
+@pytest.mark.parametrize("shim", ["shim", "none"])
+def test_nvrtc_shim_keeps_the_shared_space_byte_intact_with_a_fake_cuda_python(shim: str, tmp_path: Path):
+    fake = Path(__file__).parent / "fakes" / "cuda_python"
+    # Every module compiled from its source, as where no .pyc files are written (the GPU image:
+    # PYTHONDONTWRITEBYTECODE, pip --no-compile): only then is NeMo's b" " the interpreter's shared
+    # object (a constant read from a .pyc is a private copy).
+    env = os.environ | {"PYTHONPYCACHEPREFIX": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-c", NVRTC_PROBE, str(fake), shim], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(t for t in proc.stdout.splitlines() if t.startswith("PROBE ")).removeprefix("PROBE "))
+    assert result["kernel"] == "kernel k"
+    if shim == "shim":
+        assert result["applied"] == ["nemo run_nvrtc: program log into a private buffer"]
+        assert (result["space"], result["request_line"]) == ([32], 3)
+    else:  # NeMo's own run_nvrtc: the bug the shim exists for (websockets saw "GET /readyz HTTP/1.1" as one word)
+        assert (result["space"], result["request_line"]) == ([0], 1)
