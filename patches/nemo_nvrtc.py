@@ -33,7 +33,7 @@ class NvrtcWithPrivateLogBuffer:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._nvrtc, name)
 
-    def nvrtcGetProgramLog(self, prog: Any, log: bytes) -> Any:  # noqa: N802 (NVRTC's name)
+    def nvrtcGetProgramLog(self, prog: Any, log: bytes) -> Any:
         # bytes(n) is always a new object for n >= 1, unlike b" " * 1.
         return self._nvrtc.nvrtcGetProgramLog(prog, bytes(len(log)))
 

@@ -106,3 +106,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "npu":
         torch.npu.synchronize(device)
+
+
+def device_fault(device: torch.device) -> str | None:
+    """Why ``device`` no longer runs work, or None when it does: a one-element computation,
+    waited for. After a failed model call this tells a fault of that batch (a bug, memory)
+    from a device that is gone: a CUDA error such as an illegal memory access leaves the
+    process's context unusable, and every later call fails."""
+    try:
+        (torch.ones(1, device=device) + 1).cpu()  # .cpu() waits for the device
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None

@@ -4,7 +4,9 @@ The socket opens first, so ``/healthz`` answers while the model loads on the eng
 ``/readyz`` turns 200 once the engine is warm. Every WebSocket upgrade is admitted or refused
 in ``process_request`` — before the handshake — so a full or not-yet-ready server answers
 HTTP 503 with ``Retry-After`` instead of accepting and then closing. SIGTERM/SIGINT drain:
-stop accepting, end every session's stream with a ``shutdown`` final, and exit 0.
+stop accepting, end every session's stream with a ``shutdown`` final, and exit 0. A device that
+stops running work (a poisoned CUDA context) fails every stream, turns ``/readyz`` to
+``failed`` and exits 1, for a supervisor to restart the server.
 """
 
 from __future__ import annotations
@@ -44,14 +46,16 @@ class Server:
     def __init__(self, settings: ServeConfig) -> None:
         self.settings = settings
         self.runner = EngineRunner()
-        self.state = "loading"  # -> ready -> draining
+        self.state = "loading"  # -> ready -> draining, or -> failed
         self.model: ModelInfo | None = None
+        self._stop = asyncio.Event()
         self._admitted: set[ServerConnection] = set()
         self._sessions: dict[Session, asyncio.Task[None]] = {}
 
     async def run(self, stop: asyncio.Event) -> int:
-        """Serve until ``stop`` is set; return the exit code."""
+        """Serve until ``stop`` is set (or the device fails); return the exit code."""
         s = self.settings
+        self._stop = stop
         open_files, wanted = raise_open_files_limit(s.max_sessions)
         if open_files < wanted:
             log.warning("open-files limit below max_sessions; connections beyond it will fail",
@@ -78,12 +82,13 @@ class Server:
                     self.state = "ready"
                     log.info("ready", port=port, model=self.model.name, max_sessions=s.max_sessions)
                 await stopping
-                self.state = "draining"
+                if self.state != "failed":
+                    self.state = "draining"
                 await self._drain(ws_server)
         finally:
             await self.runner.stop()
         log.info("stopped")
-        return 0
+        return 1 if self.state == "failed" else 0
 
     async def _load(self) -> ModelInfo:
         """Load, build and warm up the engine on its thread; describe the model for ``ready``."""
@@ -105,9 +110,16 @@ class Server:
             log.info("engine built", seconds=round(time.monotonic() - started, 1))
             return engine
 
-        engine = await self.runner.start(build, s.warmup_batch)
+        engine = await self.runner.start(build, s.warmup_batch, self._device_failed)
         return ModelInfo.describe(Path(s.model).stem, engine.sample_rate, engine.att_context_sizes,
                                   engine.frame_s, s.default_chunk_ms)
+
+    def _device_failed(self, reason: str) -> None:
+        """Every stream has failed and no later one could run: refuse sessions and exit with 1,
+        so that a supervisor starts a fresh process (a poisoned CUDA context does not recover)."""
+        log.error("device failed; stopping", reason=reason)
+        self.state = "failed"
+        self._stop.set()
 
     async def _drain(self, ws_server: WebSocketServer) -> None:
         """Stop accepting, let every session end its stream, cancel what outlives the timeout."""

@@ -471,6 +471,50 @@ def test_a_chunk_size_that_fails_its_warm_up_stops_the_server_with_the_reason(to
     assert "startup failed" in str(failure.value) and "warm-up at att_context_size [70, 6] failed" in str(failure.value)
 
 
+# A device that stops running work (a poisoned CUDA context, which this CPU cannot have): from the
+# first batch holding a stream without word timestamps on, every model call fails and the engine's
+# device check reports the device gone.
+DEVICE_GONE = server_code("""
+import streamd.engine.engine as engine_module
+run_group = StreamingEngine._run_group
+ERROR = "CUDA error: an illegal memory access was encountered (injected)"
+gone = False
+
+def run_group_or_fail(self, size, drop, group, *args):
+    global gone
+    gone = gone or any(not stream.options.word_timestamps for stream in group)
+    if gone:
+        raise RuntimeError(ERROR)
+    run_group(self, size, drop, group, *args)
+
+StreamingEngine._run_group = run_group_or_fail
+engine_module.device_fault = lambda device: f"AcceleratorError: {ERROR}" if gone else None
+""")
+
+
+def test_a_failed_device_ends_every_session_with_internal_error_and_the_server_exits_1(
+        tone_model_path: Path, tmp_path: Path, rng: np.random.Generator):
+    server = start_server(tone_model_path, tmp_path / "server.log", python_args=("-c", DEVICE_GONE))
+    good, faulty = (tone_pcm(sequence).chunks(80) for sequence in letters_sequence(rng, 2, (5, 8)))
+
+    async def scenario() -> list[tuple[Messages, int | None]]:
+        return await asyncio.gather(
+            converse(server.url, protocol.config(chunk_ms=160), *good, protocol.eof()),
+            converse(server.url, protocol.config(chunk_ms=160, word_timestamps=False), *faulty, protocol.eof()))
+
+    try:
+        for messages, close_code in asyncio.run(scenario()):
+            assert (messages[-1]["type"], messages[-1]["code"], close_code) == ("error", "internal_error", 1011)
+        assert server.process.wait(60) == 1, server.log_tail()
+        records = log_records(server.log_tail(100_000))
+        stopping = [r for r in records if r["event"] == "device failed; stopping"]
+        assert len(stopping) == 1 and "illegal memory access" in stopping[0]["reason"]
+        assert [r["outcome"] for r in records if r["event"] == "session closed"] == ["internal_error"] * 2
+    finally:
+        if server.process.poll() is None:
+            server.stop()
+
+
 def test_warm_up_batches_warmup_batch_streams_per_chunk_size(server: ServerProcess, tone_model_path: Path,
                                                             tmp_path: Path):
     def warmed_up(log: str) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamd.devices import device_fault
 from streamd.engine.decoding import tokens_to_text, tokens_to_words
 from streamd.engine.encoder_step import buckets_up_to, encoder_step
 from streamd.engine.endpointing import utterance_ended
@@ -53,6 +54,11 @@ log = get_logger(__name__)
 
 class EngineFullError(RuntimeError):
     """No free stream slot: the engine already serves ``max_streams`` streams."""
+
+
+class DeviceFailedError(RuntimeError):
+    """The device stopped running work (e.g. a CUDA error that poisons the process's context):
+    no stream can go on in this process."""
 
 
 @dataclass
@@ -279,6 +285,8 @@ class StreamingEngine:
         except Exception as exc:
             if first:  # the traceback once, not once per part
                 log.exception(f"{what} failed", streams=len(streams), **context)
+                if (fault := device_fault(self.device)) is not None:  # no part can succeed
+                    raise DeviceFailedError(f"{what} failed and {self.device} no longer runs work: {fault}") from exc
             if len(streams) == 1:
                 log.error(f"{what} failed for a stream alone; dropping it", stream_id=streams[0].stream_id,
                           error=f"{type(exc).__name__}: {exc}", **context)

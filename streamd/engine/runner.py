@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from streamd.engine.engine import StreamingEngine
+from streamd.engine.engine import DeviceFailedError, StreamingEngine
 from streamd.engine.stream import StreamOptions, StreamUpdate
 from streamd.log import get_logger
 
@@ -67,6 +67,8 @@ class EngineRunner:
         self._sinks: dict[int, Sink] = {}
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
+        self._on_device_failure: Callable[[str], None] | None = None
+        self._device_failure: str | None = None  # worker side: set once, ends the stepping
 
     @property
     def engine(self) -> StreamingEngine:
@@ -78,11 +80,15 @@ class EngineRunner:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def start(self, build: Callable[[], StreamingEngine], warmup_batch: int = 0) -> StreamingEngine:
+    async def start(self, build: Callable[[], StreamingEngine], warmup_batch: int = 0,
+                    on_device_failure: Callable[[str], None] | None = None) -> StreamingEngine:
         """Build the engine on the worker thread, warm it up, and start stepping.
 
         ``warmup_batch``: streams per chunk size in the warm-up's batched round; 0 = the engine's
-        batch limit on CUDA, none elsewhere (see :meth:`_warm_up`)."""
+        batch limit on CUDA, none elsewhere (see :meth:`_warm_up`). ``on_device_failure(reason)``
+        runs on the event loop once the device stopped running work; every stream has failed by
+        then and the runner steps no more."""
+        self._on_device_failure = on_device_failure
         self._engine = await self._call(build)
         await self._call(self._warm_up, warmup_batch)
         self._pump_task = asyncio.create_task(self._pump(), name="engine-pump")
@@ -194,8 +200,12 @@ class EngineRunner:
             return _Cycle([], 0.0, failed) if applied or failed else None
         try:
             updates = engine.step()
-        except Exception as exc:  # a bug in the step's scheduling, outside every per-stream part: all streams
-            log.exception("engine step failed; dropping every stream")
+        except Exception as exc:  # the device is gone, or a bug in the step's scheduling: all streams
+            if isinstance(exc, DeviceFailedError):
+                self._device_failure = str(exc)
+                log.error("device failed; dropping every stream", error=str(exc))
+            else:
+                log.exception("engine step failed; dropping every stream")
             for stream_id in list(engine.streams):
                 failed[stream_id] = f"step: {type(exc).__name__}: {exc}"
                 engine.close_stream(stream_id)
@@ -209,6 +219,10 @@ class EngineRunner:
             self._wake.clear()
             while (cycle := await self._call(self._cycle)) is not None:
                 self._deliver(cycle)
+                if self._device_failure is not None:
+                    if self._on_device_failure is not None:
+                        self._on_device_failure(self._device_failure)
+                    return
 
     def _deliver(self, cycle: _Cycle) -> None:
         for update in cycle.updates:

@@ -8,11 +8,11 @@ class CUresult(enum.IntEnum):
     CUDA_SUCCESS = 0
 
 
-class nvrtcResult(enum.IntEnum):  # noqa: N801 (NVRTC's name)
+class nvrtcResult(enum.IntEnum):
     NVRTC_SUCCESS = 0
 
 
-class cudaError_t(enum.IntEnum):  # noqa: N801 (CUDA's name)
+class cudaError_t(enum.IntEnum):
     cudaSuccess = 0
 
 

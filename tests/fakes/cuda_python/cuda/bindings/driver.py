@@ -3,9 +3,9 @@
 from cuda.bindings._results import CUresult
 
 
-def cuModuleLoadData(image):  # noqa: N802
+def cuModuleLoadData(image):
     return CUresult.CUDA_SUCCESS, "module"
 
 
-def cuModuleGetFunction(module, name):  # noqa: N802
+def cuModuleGetFunction(module, name):
     return CUresult.CUDA_SUCCESS, f"kernel {name.decode()}"
