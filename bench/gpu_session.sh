@@ -73,9 +73,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 "${STREAMD[@]}" tones abcdefghabcdefgh --out "$OUT/tones.wav" --seed 1 >/dev/null || exit 1
 
 if [ -n "$TONES" ]; then
-    # One process per dtype: on torch 2.11 + CUDA, a second .nemo load in a process that had run
-    # the engine failed with a weights-only unpickling error (2026-11-26; the same two loads
-    # without the engine run between them passed).
+    # One process per dtype: a second .nemo load in a process that had run the engine failed
+    # (2026-11-26) while NeMo's NVRTC helper overwrote CPython's shared b" " (now shimmed).
     for dtype in $DTYPES; do
         stage "correctness-$dtype" 120 "$PY" "$HERE/device_check.py" "$TONES" --device "$DEVICE" --dtype "$dtype" \
             --encoder-cuda-graphs off,on

@@ -88,7 +88,8 @@ def test_real_nv_one_logger_is_not_replaced(untrained_tiny_path):
 
 
 # NeMo's run_nvrtc as the CUDA-graph decoder calls it, with a fake cuda-python (no GPU here);
-# prints what the shim did and what the interpreter's shared b" " object holds afterwards.
+# prints what the shim did, what the interpreter's shared b" " holds afterwards, and what
+# websockets' HTTP parser makes of a request then.
 NVRTC_PROBE = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
@@ -96,8 +97,18 @@ from streamd.patches import nemo_nvrtc
 applied = nemo_nvrtc.apply() if sys.argv[2] == "shim" else []
 from nemo.core.utils.cuda_python_utils import run_nvrtc
 kernel = run_nvrtc("extern \"C\" __global__ void k() {}", b"k", b"k.cu")
-print("PROBE " + json.dumps({"applied": applied, "kernel": kernel, "space": list(b" "),
-                             "request_line": len(b"GET /readyz HTTP/1.1".split(b" ", 2))}))
+from websockets.http11 import Request
+from websockets.streams import StreamReader
+reader = StreamReader()
+reader.feed_data(b"GET /readyz HTTP/1.1\r\nHost: streamd\r\n\r\n")
+try:
+    next(Request.parse(reader.read_line))
+    request = "incomplete"
+except StopIteration as parsed:
+    request = parsed.value.path
+except ValueError as exc:
+    request = str(exc)
+print("PROBE " + json.dumps({"applied": applied, "kernel": kernel, "space": list(b" "), "request": request}))
 """
 
 
@@ -115,6 +126,6 @@ def test_nvrtc_shim_keeps_the_shared_space_byte_intact_with_a_fake_cuda_python(s
     assert result["kernel"] == "kernel k"
     if shim == "shim":
         assert result["applied"] == ["nemo run_nvrtc: program log into a private buffer"]
-        assert (result["space"], result["request_line"]) == ([32], 3)
-    else:  # NeMo's own run_nvrtc: the bug the shim exists for (websockets saw "GET /readyz HTTP/1.1" as one word)
-        assert (result["space"], result["request_line"]) == ([0], 1)
+        assert (result["space"], result["request"]) == ([32], "/readyz")
+    else:  # NeMo's own run_nvrtc: the bug the shim exists for, as the server met it on a GPU
+        assert (result["space"], result["request"]) == ([0], "invalid HTTP request line: GET /readyz HTTP/1.1")
