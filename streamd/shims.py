@@ -95,3 +95,13 @@ def apply_shims() -> list[str]:
         log.debug("no shims needed")
     _applied = applied
     return applied
+
+
+def overwritten_byte_objects() -> dict[int, int]:
+    """CPython's shared one-byte ``bytes`` objects whose content is no longer their value:
+    ``{value: byte it now holds}``. Native code that writes into a ``bytes`` buffer it did not
+    allocate itself (NeMo's NVRTC helper did, into ``b" "``) changes that byte for every module
+    of the process, and the failures appear far away (an HTTP parser, an unpickler)."""
+    table = bytes(range(256))
+    # A one-byte slice is the shared object for that value, whatever it holds now.
+    return {value: table[value : value + 1][0] for value in range(256) if table[value : value + 1][0] != value}

@@ -515,6 +515,28 @@ def test_a_failed_device_ends_every_session_with_internal_error_and_the_server_e
             server.stop()
 
 
+# What NeMo's NVRTC helper did on CUDA before the shim (patches/nemo_nvrtc.py): the warm-up's first
+# decoder call writes a NUL into CPython's shared b" ".
+WARM_UP_OVERWRITES_SPACE = server_code("""
+import ctypes
+run_group = StreamingEngine._run_group
+
+def run_group_overwriting_space(self, *args):
+    space = b" " * 1  # the shared object itself
+    ctypes.memmove(ctypes.cast(ctypes.c_char_p(space), ctypes.c_void_p).value, b"\\0", 1)
+    run_group(self, *args)
+
+StreamingEngine._run_group = run_group_overwriting_space
+""")
+
+
+def test_a_warm_up_that_overwrites_a_shared_byte_object_stops_the_server_with_the_reason(tone_model_path: Path,
+                                                                                        tmp_path: Path):
+    with pytest.raises(ServerStartError, match="server exited with 1") as failure:
+        start_server(tone_model_path, tmp_path / "server.log", python_args=("-c", WARM_UP_OVERWRITES_SPACE))
+    assert "startup failed" in str(failure.value) and "shared one-byte objects {32: 0}" in str(failure.value)
+
+
 def test_warm_up_batches_warmup_batch_streams_per_chunk_size(server: ServerProcess, tone_model_path: Path,
                                                             tmp_path: Path):
     def warmed_up(log: str) -> dict[str, Any]:

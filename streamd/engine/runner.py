@@ -25,6 +25,7 @@ import numpy as np
 from streamd.engine.engine import DeviceFailedError, StreamingEngine
 from streamd.engine.stream import StreamOptions, StreamUpdate
 from streamd.log import get_logger
+from streamd.shims import overwritten_byte_objects
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -117,6 +118,9 @@ class EngineRunner:
                 chunk_samples = int((size[1] + 1) * engine.frame_s * engine.sample_rate)
                 largest = max(largest, self._warm_up_streams(size, batch, noise[: 3 * chunk_samples]))
             seconds[str(list(size))] = round(time.monotonic() - started, 2)
+        if overwritten := overwritten_byte_objects():  # the server could parse no request (one was b" ")
+            raise RuntimeError(f"the warm-up overwrote CPython's shared one-byte objects {overwritten} "
+                               "(value: byte now held): native code wrote into an immutable bytes object")
         log.info("engine warmed up", seconds=seconds, largest_batch=largest)
 
     def _warm_up_streams(self, size: tuple[int, int], count: int, audio: np.ndarray) -> int:
