@@ -52,7 +52,11 @@ def apply() -> list[str]:
     utils = importlib.import_module(UTILS_MODULE)
     if not getattr(utils, "CUDA_PYTHON_AVAILABLE", False) or isinstance(utils.nvrtc, NvrtcWithPrivateLogBuffer):
         return []
-    if SHARED_BUFFER not in inspect.getsource(utils.run_nvrtc):
+    try:
+        needed = SHARED_BUFFER in inspect.getsource(utils.run_nvrtc)
+    except (OSError, TypeError):  # no source to read: wrapping is harmless, so wrap
+        needed = True
+    if not needed:
         return []
     utils.nvrtc = NvrtcWithPrivateLogBuffer(utils.nvrtc)
     return ["nemo run_nvrtc: program log into a private buffer"]
