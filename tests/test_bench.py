@@ -75,6 +75,8 @@ def test_capacity_one_frame_per_chunk_clients_in_two_processes_without_aligned_r
     assert max(lv["server_other_threads_busy"] for lv in capacity["levels"]) > 0
     assert capacity["aligned_capacity_streams"] is None and capacity["aligned_levels"] == []
     assert capacity["engine_ceiling_streams"] is None and capacity["engine_levels"] == []
+    # Nothing in the bench process needed the model: its description comes from the .nemo's config.
+    assert (report["meta"]["arch"], report["meta"]["device"]) == ("tiny", "cpu")  # the tone model is built tiny
     assert report["meta"]["encoder_cuda_graphs"] == "on"
     for level in capacity["levels"]:
         assert level["rss_mib"] > 0 and level["gpu_mib"] is None  # no GPU here

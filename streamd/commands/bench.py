@@ -11,6 +11,7 @@ import datetime
 import json
 import shlex
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -129,18 +130,34 @@ def _load(args: argparse.Namespace) -> Any:
     return prepare_model(args.model, args.device, args.dtype, args.decoder_cuda_graphs, args.encoder_cuda_graphs)
 
 
-def _model_meta(args: argparse.Namespace, model: Any) -> dict[str, Any]:
-    """What a streaming benchmark ran on: one model, one device and dtype."""
+def _model_meta(args: argparse.Namespace, device: Any, config: Any) -> dict[str, Any]:
+    """What a streaming benchmark ran on: one model (its config), one device and dtype."""
     from streamd.bench import machine_description
 
-    device = next(model.parameters()).device
-    arch = dict(model.cfg.get("streamd") or {}).get("arch", "unknown")
+    arch = dict(config.get("streamd") or {}).get("arch", "unknown")
     notes = ("" if args.decoder_cuda_graphs else ", decoder CUDA graphs off") + (
         ", encoder CUDA graphs on" if args.encoder_cuda_graphs else "")  # where not the default
     return {"machine": machine_description(device), "device": str(device), "dtype": args.dtype,
             "model": args.model, "arch": arch, "decoder_cuda_graphs": "on" if args.decoder_cuda_graphs else "off",
             "encoder_cuda_graphs": "on" if args.encoder_cuda_graphs else "off",
             "title": f"{arch} on {device} ({args.dtype}{notes})"}
+
+
+def _loaded_meta(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    return _model_meta(args, next(model.parameters()).device, model.cfg)
+
+
+def _saved_meta(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`_model_meta` from the ``.nemo`` archive's config, without loading the model (on a
+    GPU that is half a minute and its memory, for a run whose servers load their own)."""
+    from omegaconf import OmegaConf
+
+    from streamd.devices import resolve_device
+
+    with tarfile.open(args.model, "r:*") as archive:
+        member = next(m for m in archive.getmembers() if Path(m.name).name == "model_config.yaml")
+        config = OmegaConf.create(archive.extractfile(member).read().decode())  # type: ignore[union-attr]
+    return _model_meta(args, resolve_device(args.device), config)
 
 
 def _report(args: argparse.Namespace, meta: dict[str, Any], results: list[dict[str, Any]],
@@ -166,7 +183,7 @@ def run_engine_bench(args: argparse.Namespace) -> int:
         return 2
     model = _load(args)
     rows = batching_benchmark(model, args.streams, sizes, args.seconds, sequential=not args.no_sequential)
-    return _report(args, _model_meta(args, model), rows, [("Engine", markdown_table(rows))])
+    return _report(args, _loaded_meta(args, model), rows, [("Engine", markdown_table(rows))])
 
 
 def run_server_bench(args: argparse.Namespace) -> int:
@@ -178,7 +195,9 @@ def run_server_bench(args: argparse.Namespace) -> int:
         if unknown:
             print(f"--scenarios: unknown {sorted(unknown)}; use {','.join(SERVER_SCENARIOS)}", file=sys.stderr)
         return 2
-    model = _load(args)
+    # Only the engine-only ceiling and the cache size need the model here: the servers load their own.
+    in_process = bool({"overhead", "memory"} & set(args.scenarios)) or not args.no_ceiling
+    model = _load(args) if in_process or not Path(args.model).is_file() else None
     settings = {"threads": args.threads, "device": args.device, "dtype": args.dtype,
                 "decoder_cuda_graphs": args.decoder_cuda_graphs, "encoder_cuda_graphs": args.encoder_cuda_graphs}
     results: list[dict[str, Any]] = []
@@ -203,7 +222,7 @@ def run_server_bench(args: argparse.Namespace) -> int:
         row["cache_bytes_per_stream"] = bench_server.cache_bytes_per_stream(model)
         results.append(row)
         tables.append(("Memory", bench_server.memory_table(row)))
-    return _report(args, _model_meta(args, model), results, tables)
+    return _report(args, _saved_meta(args) if model is None else _loaded_meta(args, model), results, tables)
 
 
 def run_offline_bench(args: argparse.Namespace) -> int:
