@@ -489,6 +489,16 @@ def run_group_or_fail(self, size, drop, group, *args):
 
 StreamingEngine._run_group = run_group_or_fail
 engine_module.device_fault = lambda device: f"AcceleratorError: {ERROR}" if gone else None
+
+from nemo.collections.asr.inference.utils.context_manager import CacheAwareContextManager
+reset_slots = CacheAwareContextManager.reset_slots
+
+def reset_slots_or_fail(self, *args):  # every device operation fails once the device is gone
+    if gone:
+        raise RuntimeError(ERROR)
+    reset_slots(self, *args)
+
+CacheAwareContextManager.reset_slots = reset_slots_or_fail
 """)
 
 

@@ -174,6 +174,18 @@ class StreamingEngine:
         if self.streams.pop(stream_id, None) is not None:
             self._free_slot(stream_id)
 
+    def close_all_streams(self, free_slots: bool = True) -> list[int]:
+        """Drop every stream at once (no finals); return their ids. ``free_slots=False`` leaves
+        the cache slots as they are: for a device that runs nothing more (freeing one is a
+        device operation, which would raise)."""
+        ids = list(self.streams)
+        for stream_id in ids:
+            if free_slots:
+                self.close_stream(stream_id)
+            else:
+                del self.streams[stream_id]
+        return ids
+
     def _free_slot(self, stream_id: int) -> None:
         """Give the stream's cache slot back (it gets one in its first model call, failed or not)."""
         if stream_id in self.contexts.streamidx2slotidx:

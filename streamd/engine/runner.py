@@ -205,14 +205,14 @@ class EngineRunner:
         try:
             updates = engine.step()
         except Exception as exc:  # the device is gone, or a bug in the step's scheduling: all streams
-            if isinstance(exc, DeviceFailedError):
+            device_failed = isinstance(exc, DeviceFailedError)
+            if device_failed:
                 self._device_failure = str(exc)
                 log.error("device failed; dropping every stream", error=str(exc))
             else:
                 log.exception("engine step failed; dropping every stream")
-            for stream_id in list(engine.streams):
+            for stream_id in engine.close_all_streams(free_slots=not device_failed):
                 failed[stream_id] = f"step: {type(exc).__name__}: {exc}"
-                engine.close_stream(stream_id)
             return _Cycle([], 0.0, failed)
         failed.update({u.stream_id: f"step: {u.failure}" for u in updates if u.failure is not None})
         return _Cycle([u for u in updates if u.failure is None], engine.last_stats.total_s, failed)
