@@ -547,6 +547,22 @@ def test_a_warm_up_that_overwrites_a_shared_byte_object_stops_the_server_with_th
     assert "startup failed" in str(failure.value) and "shared one-byte objects {32: 0}" in str(failure.value)
 
 
+def test_engine_load_is_logged_with_where_a_step_goes(tone_model_path: Path, tmp_path: Path,
+                                                     rng: np.random.Generator):
+    server = start_server(tone_model_path, tmp_path / "server.log", load_log_interval_s=0.2)
+    try:
+        sequence = letters_sequence(rng, 1, (6, 8))[0]
+        assert_complete(asyncio.run(stream(server.url, tone_pcm(sequence), 160, speed=2.0)), sequence)
+        loads = [r for r in log_records(server.log_tail(1_000_000)) if r["event"] == "engine load"]
+        assert len(loads) >= 2  # the session ran for over a second
+        for load in loads:
+            assert load["steps"] > 0 and 0 < load["busy"] <= 1 and 0 < load["streams_per_step"] <= 1  # one session
+            parts = load["features_ms"] + load["encoder_ms"] + load["decoder_ms"] + load["other_ms"]
+            assert load["longest_step_ms"] >= load["step_ms"] > 0 and abs(parts - load["step_ms"]) <= 0.3
+    finally:
+        assert server.stop() == 0, server.log_tail()
+
+
 def test_warm_up_batches_warmup_batch_streams_per_chunk_size(server: ServerProcess, tone_model_path: Path,
                                                             tmp_path: Path):
     def warmed_up(log: str) -> dict[str, Any]:

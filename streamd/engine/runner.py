@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from streamd.engine.engine import DeviceFailedError, StreamingEngine
+from streamd.engine.load import LoadWindow
 from streamd.engine.stream import StreamOptions, StreamUpdate
 from streamd.log import get_logger
 from streamd.shims import overwritten_byte_objects
@@ -69,6 +70,7 @@ class EngineRunner:
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
         self._on_device_failure: Callable[[str], None] | None = None
+        self._load = LoadWindow(0.0)  # worker side
         self._device_failure: str | None = None  # worker side: set once, ends the stepping
 
     @property
@@ -82,16 +84,19 @@ class EngineRunner:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def start(self, build: Callable[[], StreamingEngine], warmup_batch: int = 0,
-                    on_device_failure: Callable[[str], None] | None = None) -> StreamingEngine:
+                    on_device_failure: Callable[[str], None] | None = None,
+                    load_log_interval_s: float = 0.0) -> StreamingEngine:
         """Build the engine on the worker thread, warm it up, and start stepping.
 
         ``warmup_batch``: streams per chunk size in the warm-up's batched round; 0 = the engine's
         batch limit on CUDA, none elsewhere (see :meth:`_warm_up`). ``on_device_failure(reason)``
         runs on the event loop once the device stopped running work; every stream has failed by
-        then and the runner steps no more."""
+        then and the runner steps no more. ``load_log_interval_s``: how often an ``engine load``
+        event sums up the steps (0: never)."""
         self._on_device_failure = on_device_failure
         self._engine = await self._call(build)
         await self._call(self._warm_up, warmup_batch)
+        self._load = LoadWindow(load_log_interval_s)
         self._pump_task = asyncio.create_task(self._pump(), name="engine-pump")
         return self._engine
 
@@ -214,6 +219,10 @@ class EngineRunner:
             for stream_id in engine.close_all_streams(free_slots=not device_failed):
                 failed[stream_id] = f"step: {type(exc).__name__}: {exc}"
             return _Cycle([], 0.0, failed)
+        self._load.add(engine.last_stats)
+        if self._load.due():
+            log.info("engine load", **self._load.summary())
+            self._load = LoadWindow(self._load.interval_s)
         failed.update({u.stream_id: f"step: {u.failure}" for u in updates if u.failure is not None})
         return _Cycle([u for u in updates if u.failure is None], engine.last_stats.total_s, failed)
 
