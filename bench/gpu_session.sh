@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session of CUDA checks and benchmarks, sized for about 9 minutes on an H100/H200.
+# One GPU session of CUDA checks and benchmarks, sized for about 9-10 minutes on an H100/H200.
 #
 #   bench/gpu_session.sh OUTDIR [TONE_MODEL.nemo]
 #
