@@ -8,7 +8,7 @@ in a benchmark.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from streamd.engine.engine import StepStats
@@ -21,21 +21,14 @@ class LoadWindow:
     interval_s: float
     opened: float = field(default_factory=time.monotonic)
     steps: int = 0
-    streams: int = 0
-    features_s: float = 0.0
-    encoder_s: float = 0.0
-    decoder_s: float = 0.0
-    total_s: float = 0.0
+    sums: StepStats = field(default_factory=StepStats)  # every field summed over the steps
     longest_s: float = 0.0
 
     def add(self, stats: StepStats) -> None:
         """Count one step."""
         self.steps += 1
-        self.streams += stats.streams
-        self.features_s += stats.features_s
-        self.encoder_s += stats.encoder_s
-        self.decoder_s += stats.decoder_s
-        self.total_s += stats.total_s
+        for name in (f.name for f in fields(StepStats)):
+            setattr(self.sums, name, getattr(self.sums, name) + getattr(stats, name))
         self.longest_s = max(self.longest_s, stats.total_s)
 
     def due(self) -> bool:
@@ -45,13 +38,15 @@ class LoadWindow:
     def summary(self) -> dict[str, Any]:
         """Means per step (ms) and ``busy``: the share of the window spent stepping."""
         seconds = time.monotonic() - self.opened
-        per_step_ms = 1000 / max(self.steps, 1)
+        sums, steps = self.sums, max(self.steps, 1)
+
+        def ms(total_s: float) -> float:
+            return round(1000 * total_s / steps, 1)
+
         return {
-            "seconds": round(seconds, 1), "steps": self.steps, "busy": round(self.total_s / seconds, 3),
-            "streams_per_step": round(self.streams / max(self.steps, 1), 1),
-            "step_ms": round(self.total_s * per_step_ms, 1), "longest_step_ms": round(self.longest_s * 1000, 1),
-            "features_ms": round(self.features_s * per_step_ms, 1),
-            "encoder_ms": round(self.encoder_s * per_step_ms, 1),
-            "decoder_ms": round(self.decoder_s * per_step_ms, 1),
-            "other_ms": round((self.total_s - self.features_s - self.encoder_s - self.decoder_s) * per_step_ms, 1),
+            "seconds": round(seconds, 1), "steps": self.steps, "busy": round(sums.total_s / seconds, 3),
+            "streams_per_step": round(sums.streams / steps, 1), "step_ms": ms(sums.total_s),
+            "longest_step_ms": round(self.longest_s * 1000, 1), "features_ms": ms(sums.features_s),
+            "encoder_ms": ms(sums.encoder_s), "decoder_ms": ms(sums.decoder_s),
+            "other_ms": ms(sums.total_s - sums.features_s - sums.encoder_s - sums.decoder_s),
         }
