@@ -74,7 +74,7 @@ def run_engine(model: Any, audios: list[np.ndarray], size: tuple[int, int], max_
     fast as the engine goes, but in the pieces a live stream delivers); time every step."""
     engine = StreamingEngine(model, max_batch=max_batch, max_streams=len(audios))
     ids = [engine.open_stream(StreamOptions(att_context_size=size, word_timestamps=False)) for _ in audios]
-    chunk = (size[1] + 1) * round(engine.sample_rate * engine.frame_s)  # samples of R + 1 encoder frames
+    chunk = engine.chunk_samples(size)
     cursors = [0] * len(audios)
     device = next(model.parameters()).device
     step_times, tokens = [], 0

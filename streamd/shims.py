@@ -104,4 +104,5 @@ def overwritten_byte_objects() -> dict[int, int]:
     of the process, and the failures appear far away (an HTTP parser, an unpickler)."""
     table = bytes(range(256))
     # A one-byte slice is the shared object for that value, whatever it holds now.
-    return {value: table[value : value + 1][0] for value in range(256) if table[value : value + 1][0] != value}
+    held = {value: table[value : value + 1][0] for value in range(256)}
+    return {value: byte for value, byte in held.items() if byte != value}

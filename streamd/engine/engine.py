@@ -201,6 +201,10 @@ class StreamingEngine:
             raise KeyError(f"no open stream {stream_id}")
         return stream
 
+    def chunk_samples(self, size: tuple[int, int]) -> int:
+        """Audio samples in one steady chunk of an att_context_size: R + 1 encoder frames."""
+        return (size[1] + 1) * round(self.sample_rate * self.frame_s)
+
     # ----------------------------------------------------------------- scheduling
     def _chunk_frames(self, stream: Stream) -> int:
         """Mel frames of the stream's next chunk: 1 + 8R first, then 8(R + 1)."""

@@ -120,8 +120,7 @@ class EngineRunner:
             started = time.monotonic()
             largest = max(largest, self._warm_up_streams(size, 1, noise))
             if batch > 1:  # a first chunk and two more: the batch's first and steady shapes
-                chunk_samples = int((size[1] + 1) * engine.frame_s * engine.sample_rate)
-                largest = max(largest, self._warm_up_streams(size, batch, noise[: 3 * chunk_samples]))
+                largest = max(largest, self._warm_up_streams(size, batch, noise[: 3 * engine.chunk_samples(size)]))
             seconds[str(list(size))] = round(time.monotonic() - started, 2)
         if overwritten := overwritten_byte_objects():  # the server could parse no request (one was b" ")
             raise RuntimeError(f"the warm-up overwrote CPython's shared one-byte objects {overwritten} "
