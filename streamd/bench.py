@@ -47,15 +47,6 @@ class EngineRun:
         return self.audio_s / self.compute_s
 
 
-def bench_audio(rng: np.random.Generator, seconds: float) -> np.ndarray:
-    """Tone sequences back to back: real-looking energy and token activity for any model."""
-    pieces, total = [], 0
-    while total < seconds * tones.SAMPLE_RATE:
-        pieces.append(tones.random_sequence(rng).audio)
-        total += len(pieces[-1])
-    return np.concatenate(pieces)[: int(seconds * tones.SAMPLE_RATE)]
-
-
 def chunk_length_ms(size: tuple[int, int]) -> int:
     """The chunk length of an att_context_size: R + 1 encoder frames of 80 ms."""
     return (size[1] + 1) * 80
@@ -66,7 +57,7 @@ def warm_up(model: Any, size: tuple[int, int], rng: np.random.Generator, streams
     of the timings: allocator growth, and on a GPU the CUDA graphs captured per batch shape (one
     capture in a 30-step run is its p99). Three chunks each: first-chunk, steady and last shapes."""
     seconds = 3 * chunk_length_ms(size) / 1000
-    run_engine(model, [bench_audio(rng, seconds) for _ in range(streams)], size, streams)
+    run_engine(model, [tones.random_audio(rng, seconds) for _ in range(streams)], size, streams)
 
 
 def run_engine(model: Any, audios: list[np.ndarray], size: tuple[int, int], max_batch: int) -> EngineRun:
@@ -142,7 +133,7 @@ def batching_benchmark(model: Any, stream_counts: list[int], sizes: list[tuple[i
     for size in sizes:
         for count in stream_counts:
             warm_up(model, size, rng, count)
-            audios = [bench_audio(rng, seconds) for _ in range(count)]
+            audios = [tones.random_audio(rng, seconds) for _ in range(count)]
             batched = run_engine(model, audios, size, max_batch=count)
             row: dict[str, Any] = {**asdict(batched), "rtfx": batched.rtfx,
                                    "tokens_per_s": batched.tokens / batched.compute_s,

@@ -41,7 +41,7 @@ import torch
 
 from clients.common import Pcm, SessionResult, percentiles, run_session
 from streamd import tones
-from streamd.bench import bench_audio, chunk_length_ms, run_engine, warm_up
+from streamd.bench import chunk_length_ms, run_engine, warm_up
 from streamd.log import get_logger
 from streamd.oslimits import raise_open_files_limit
 from streamd.serverproc import ServerProcess, start_server
@@ -88,7 +88,7 @@ START_MARGIN_S = 0.5  # from a level's start time being set to its first session
 
 @functools.cache
 def _audio_bank() -> np.ndarray:
-    return bench_audio(np.random.default_rng(0), AUDIO_BANK_S)
+    return tones.random_audio(np.random.default_rng(0), AUDIO_BANK_S)
 
 
 def _stream_audio(seed: int, seconds: float) -> np.ndarray:
@@ -96,7 +96,7 @@ def _stream_audio(seed: int, seconds: float) -> np.ndarray:
     audio costs ~6 ms: seconds before a level of a thousand streams could start)."""
     bank, samples = _audio_bank(), int(seconds * tones.SAMPLE_RATE)
     if samples >= len(bank):
-        return bench_audio(np.random.default_rng(seed), seconds)
+        return tones.random_audio(np.random.default_rng(seed), seconds)
     start = seed % (len(bank) - samples)
     return bank[start:start + samples]
 
@@ -195,13 +195,13 @@ def overhead(model: Any, model_path: str, size: tuple[int, int], streams: int, s
     """
     rng = np.random.default_rng(seed)
     chunk_ms = chunk_length_ms(size)
-    audios = [bench_audio(rng, seconds) for _ in range(streams)]
+    audios = [tones.random_audio(rng, seconds) for _ in range(streams)]
     warm_up(model, size, rng)
     alone = run_engine(model, [audios[0]], size, max_batch=1)
     engine_s, served_s = [], []
     with serving(model_path, _log(log_dir, f"overhead-{chunk_ms}"), **settings, max_batch=streams,
                  max_sessions=streams + 1) as server:
-        asyncio.run(_sessions(server.url, [bench_audio(rng, 2.0)], chunk_ms, False, chunk_ms))  # warm-up
+        asyncio.run(_sessions(server.url, [tones.random_audio(rng, 2.0)], chunk_ms, False, chunk_ms))  # warm-up
         for _ in range(repeats):
             engine_s.append(run_engine(model, audios, size, max_batch=streams).compute_s)
             started = time.perf_counter()
@@ -226,7 +226,7 @@ def engine_ceiling(model: Any, size: tuple[int, int], ramp: list[int], seconds: 
     ceiling, tried = 0, []
     for count in ramp:
         warm_up(model, size, rng, count)
-        run = run_engine(model, [bench_audio(rng, seconds) for _ in range(count)], size, max_batch=count)
+        run = run_engine(model, [tones.random_audio(rng, seconds) for _ in range(count)], size, max_batch=count)
         tried.append({"streams": count, "step_p99_ms": round(run.step_p99_ms, 1)})
         log.info("engine ceiling level", chunk_ms=chunk_ms, **tried[-1])
         if run.step_p99_ms > chunk_ms:
@@ -342,7 +342,7 @@ def soak(model_path: str, minutes: float, streams: int, chunk_ms: int, settings:
             if now >= next_sample:
                 samples.append((now - started, server.rss_bytes()))
                 next_sample += sample_every_s
-            audios = [bench_audio(rng, float(rng.uniform(1, 4))) for _ in range(streams)]
+            audios = [tones.random_audio(rng, float(rng.uniform(1, 4))) for _ in range(streams)]
             asyncio.run(_sessions(server.url, audios, chunk_ms, False, chunk_ms))
             sessions += streams
         samples.append((time.monotonic() - started, server.rss_bytes()))

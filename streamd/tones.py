@@ -67,6 +67,16 @@ def random_sequence(rng: np.random.Generator, min_len: int = 1, max_len: int = 6
     return synthesize(random_letters(rng, min_len, max_len), rng)
 
 
+def random_audio(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """Random tone sequences back to back, cut to ``seconds``: audio with real-looking energy and
+    token activity for any model (the benchmarks' audio)."""
+    pieces, total = [], 0
+    while total < seconds * SAMPLE_RATE:
+        pieces.append(random_sequence(rng).audio)
+        total += len(pieces[-1])
+    return np.concatenate(pieces)[: int(seconds * SAMPLE_RATE)]
+
+
 def transcript_corpus() -> list[str]:
     """Text for the tone model's tokenizer: every letter alone and in pairs."""
     return [" ".join(LETTERS)] + [f"{a} {b}" for a in LETTERS for b in LETTERS]

@@ -7,7 +7,11 @@ import json
 import sys
 import time
 
+from omegaconf import OmegaConf
+
 from streamd.models import ARCHITECTURES, UNTRAINED_WARNING, build_model, parameter_count
+
+CALIBRATION_AUDIO_S = 60.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Build a cache-aware FastConformer-RNNT. Without --train the weights are UNTRAINED: "
             "its transcripts are meaningless; use it for shape, memory and speed benchmarks. "
             "--train tones trains the tiny architecture on the synthetic tone alphabet "
-            "(letters a-h as sine tones) in about five minutes on a CPU."
+            "(letters a-h as sine tones) in about five minutes on a CPU. --tokens-per-second "
+            "calibrates an untrained model to emit about that many tokens per second of speech-like "
+            "audio, as a trained model does (an untrained one emits its maximum on every frame), so "
+            "that its speed benchmarks count a realistic decoder cost (streamd.token_rate)."
         ),
     )
     create.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))
@@ -29,11 +36,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--train", choices=("tones",), help="train on a synthetic task instead of random weights")
     create.add_argument("--steps", type=int, default=1500,
                         help="maximum training steps; stops early at 100%% held-out accuracy (default 1500)")
+    create.add_argument("--tokens-per-second", type=float,
+                        help="untrained only: calibrate the blank output per chunk size to emit about "
+                             "this many tokens per second (a trained English model: 3-5)")
     create.set_defaults(func=run_create)
 
 
 def run_create(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    if args.train and args.tokens_per_second is not None:
+        print("--tokens-per-second calibrates untrained models only", file=sys.stderr)
+        return 2
+    if args.tokens_per_second is not None and args.tokens_per_second <= 0:
+        print("--tokens-per-second must be positive", file=sys.stderr)
+        return 2
+    token_rate = None
     if args.train == "tones":
         if args.arch != "tiny":
             print("--train tones trains the tiny architecture only", file=sys.stderr)
@@ -45,6 +62,11 @@ def run_create(args: argparse.Namespace) -> int:
     else:
         model = build_model(args.arch, seed=args.seed)
         trained = None
+        if args.tokens_per_second is not None:
+            from streamd.token_rate import calibrate_token_rate, calibration_audio
+
+            calibrate_token_rate(model, args.tokens_per_second, calibration_audio(CALIBRATION_AUDIO_S))
+            token_rate = OmegaConf.to_container(model.cfg.streamd.token_rate)
     model.save_to(args.out)
     summary = {
         "out": args.out,
@@ -52,6 +74,7 @@ def run_create(args: argparse.Namespace) -> int:
         "parameters": parameter_count(model),
         "seed": args.seed,
         "trained": trained,
+        "token_rate": token_rate,
         "seconds": round(time.monotonic() - started, 1),
     }
     if trained is None:

@@ -48,6 +48,7 @@ from streamd.engine.stream import Stream, StreamOptions, StreamUpdate, Utterance
 from streamd.log import get_logger
 from streamd.models import configure_decoding
 from streamd.nemo_import import import_nemo_asr
+from streamd.token_rate import blank_output, blank_output_biases
 
 log = get_logger(__name__)
 
@@ -128,6 +129,11 @@ class StreamingEngine:
         self._steady_frames = {size: int(cfg.chunk_size[1]) + self.pre_encode_cache
                                for size, cfg in self._streaming_cfgs.items()}
         self._encoder_step = encoder_step(model)  # eager, or CUDA graphs as prepare_model set
+        # A benchmark model calibrated to a trained model's token rate asks for its joint's blank
+        # output bias to be set per chunk size (streamd.token_rate); any other model has none.
+        self._blank_biases = blank_output_biases(model)
+        if self._blank_biases:
+            self._blank_layer, self._blank_row = blank_output(model)
         self.contexts = CacheAwareContextManager(_CacheSource(self.encoder, self.dtype, self.device), max_streams)
         self.streams: dict[int, Stream] = {}
         self._ids = itertools.count()
@@ -395,9 +401,12 @@ class StreamingEngine:
         contexts.cache_last_channel_len.index_copy_(0, slots, channel_len)
 
     def _use_size(self, size: tuple[int, int]) -> None:
-        """Point the encoder at one chunk size's attention context and streaming settings."""
+        """Point the encoder at one chunk size's attention context and streaming settings (and
+        the joint at that size's blank output bias, for a model that has one per size)."""
         self.encoder.att_context_size = list(size)
         self.encoder.streaming_cfg = self._streaming_cfgs[size]
+        if self._blank_biases:
+            self._blank_layer.bias[self._blank_row] = self._blank_biases[size]
 
     def capture_encoder_graphs(self) -> int:
         """With encoder CUDA graphs on, capture the steady step of every chunk size for every batch
