@@ -13,7 +13,10 @@
 #      at every chunk size, with the encoder's CUDA graphs off and on (bench/device_check.py).
 #      Skipped without TONE_MODEL; if the engine crashes there, the script stops; if a transcript
 #      differs with graphs on, the graphs-on engine stage is skipped.
-#   2. nemotron-0.6b (untrained: same shapes and FLOPs) built
+#   2. nemotron-0.6b (untrained: same shapes and FLOPs) built, calibrated to TOKENS_PER_SECOND (a
+#      trained model's token rate: Riva's figures are for a trained model; an untrained one emits
+#      10 tokens per frame and the decoder and transcripts then cost several times more;
+#      streamd.token_rate). TOKENS_PER_SECOND= (empty) keeps the untrained rate.
 #   3. real-time capacity through the server at 160 and 1120 ms chunks (Riva NIM's published
 #      figures: >400 streams at 160 ms, >1500 at 1120 ms), default settings (encoder eager), the
 #      server logs kept. First a probe: a server with the tone model must answer /readyz 200
@@ -35,6 +38,7 @@ PY="${PY:-python3}"
 DEVICE="${DEVICE:-cuda}"
 DTYPE="${DTYPE:-bfloat16}"
 ARCH="${ARCH:-nemotron-0.6b}"
+TOKENS_PER_SECOND="${TOKENS_PER_SECOND-4}"
 DTYPES="${DTYPES:-bfloat16}"  # correctness: space-separated
 ENGINE_STREAMS="${ENGINE_STREAMS:-64,512}"
 ENGINE_SECONDS="${ENGINE_SECONDS:-4}"
@@ -89,7 +93,9 @@ if [ -n "$TONES" ]; then
     done
 fi
 
-stage model 180 "${STREAMD[@]}" model create --arch "$ARCH" --out "$MODEL" || exit 1
+stage model 240 "${STREAMD[@]}" model create --arch "$ARCH" ${TOKENS_PER_SECOND:+--tokens-per-second "$TOKENS_PER_SECOND"} \
+    --out "$MODEL" || exit 1
+grep -a '^{"out"' "$OUT/model.log"  # the calibration per chunk size
 
 capacity() {  # capacity CHUNK_MS RAMP MAX_BATCH: one run per chunk size, so that a run cut short leaves the others'
     stage "capacity-$1" 240 "${STREAMD[@]}" bench server --model "$MODEL" "${ON_DEVICE[@]}" \

@@ -118,3 +118,17 @@ def test_offline_bench_needs_a_model(tmp_path: Path):
     proc = streamd_cli("bench", "offline", "--whisper", str(missing), "--audio", str(audio), "--out",
                        str(tmp_path / "o.json"), check=False)
     assert proc.returncode == 2 and f"{missing}: not a directory" in proc.stderr
+
+
+def test_server_bench_refuses_a_file_that_is_no_model_before_running(tmp_path: Path):
+    import tarfile
+
+    not_a_model = tmp_path / "notes.nemo"
+    with tarfile.open(not_a_model, "w") as archive:
+        archive.add(__file__, arcname="notes.txt")
+    out = tmp_path / "s.json"
+    proc = streamd_cli("bench", "server", "--model", str(not_a_model), "--scenarios", "capacity", "--no-ceiling",
+                       "--out", str(out), check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "holds no model_config.yaml" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from tests.conftest import streamd_cli
+from conftest import streamd_cli
 
 TARGET_PER_S = 4.0
 HELD_OUT_S = 30.0

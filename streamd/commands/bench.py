@@ -134,13 +134,18 @@ def _model_meta(args: argparse.Namespace, device: Any, config: Any) -> dict[str,
     """What a streaming benchmark ran on: one model (its config), one device and dtype."""
     from streamd.bench import machine_description
 
-    arch = dict(config.get("streamd") or {}).get("arch", "unknown")
+    origin = config.get("streamd") or {}
+    arch = origin.get("arch", "unknown")
+    # An untrained model calibrated to a trained model's token rate (streamd.token_rate).
+    tokens_per_second = (origin.get("token_rate") or {}).get("tokens_per_second")
+    calibrated = f", calibrated to {tokens_per_second:g} tokens/s" if tokens_per_second else ""
     notes = ("" if args.decoder_cuda_graphs else ", decoder CUDA graphs off") + (
         ", encoder CUDA graphs on" if args.encoder_cuda_graphs else "")  # where not the default
     return {"machine": machine_description(device), "device": str(device), "dtype": args.dtype,
-            "model": args.model, "arch": arch, "decoder_cuda_graphs": "on" if args.decoder_cuda_graphs else "off",
+            "model": args.model, "arch": arch, "token_rate_per_s": tokens_per_second,
+            "decoder_cuda_graphs": "on" if args.decoder_cuda_graphs else "off",
             "encoder_cuda_graphs": "on" if args.encoder_cuda_graphs else "off",
-            "title": f"{arch} on {device} ({args.dtype}{notes})"}
+            "title": f"{arch}{calibrated} on {device} ({args.dtype}{notes})"}
 
 
 def _loaded_meta(args: argparse.Namespace, model: Any) -> dict[str, Any]:
@@ -155,7 +160,9 @@ def _saved_meta(args: argparse.Namespace) -> dict[str, Any]:
     from streamd.devices import resolve_device
 
     with tarfile.open(args.model, "r:*") as archive:
-        member = next(m for m in archive.getmembers() if Path(m.name).name == "model_config.yaml")
+        member = next((m for m in archive.getmembers() if Path(m.name).name == "model_config.yaml"), None)
+        if member is None:
+            raise ValueError("holds no model_config.yaml: not a .nemo model")
         config = OmegaConf.create(archive.extractfile(member).read().decode())  # type: ignore[union-attr]
     return _model_meta(args, resolve_device(args.device), config)
 
@@ -198,6 +205,11 @@ def run_server_bench(args: argparse.Namespace) -> int:
     # Only the engine-only ceiling and the cache size need the model here: the servers load their own.
     in_process = bool({"overhead", "memory"} & set(args.scenarios)) or not args.no_ceiling
     model = _load(args) if in_process or not Path(args.model).is_file() else None
+    try:  # before the runs: a file that is no model fails now, not after them
+        meta = _saved_meta(args) if model is None else _loaded_meta(args, model)
+    except (ValueError, tarfile.TarError) as exc:
+        print(f"streamd bench server: {args.model}: {exc}", file=sys.stderr)
+        return 2
     settings = {"threads": args.threads, "device": args.device, "dtype": args.dtype,
                 "decoder_cuda_graphs": args.decoder_cuda_graphs, "encoder_cuda_graphs": args.encoder_cuda_graphs}
     results: list[dict[str, Any]] = []
@@ -222,7 +234,7 @@ def run_server_bench(args: argparse.Namespace) -> int:
         row["cache_bytes_per_stream"] = bench_server.cache_bytes_per_stream(model)
         results.append(row)
         tables.append(("Memory", bench_server.memory_table(row)))
-    return _report(args, _saved_meta(args) if model is None else _loaded_meta(args, model), results, tables)
+    return _report(args, meta, results, tables)
 
 
 def run_offline_bench(args: argparse.Namespace) -> int:

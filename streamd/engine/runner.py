@@ -154,12 +154,15 @@ class EngineRunner:
 
     # ------------------------------------------------------------------ commands
     async def open(self, options: StreamOptions, sink: Sink) -> int:
-        """Open a stream whose updates go to ``sink``; raises the engine's errors."""
+        """Open a stream whose updates go to ``sink``; raises the engine's errors, and
+        :class:`EngineFailure` once the device has failed."""
         stream_id = await self._call(self._open, options)
         self._sinks[stream_id] = sink
         return stream_id
 
     def _open(self, options: StreamOptions) -> int:
+        if self._device_failure is not None:  # nothing steps any more: the stream would wait forever
+            raise EngineFailure(f"the device failed: {self._device_failure}")
         self._apply_inbox()  # a departed session's close frees its slot first
         return self.engine.open_stream(options)
 

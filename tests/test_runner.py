@@ -1,0 +1,42 @@
+"""EngineRunner (the asyncio side of the engine's worker thread) with the real tone model."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streamd import tones
+
+
+def test_a_stream_opened_after_the_device_failed_is_refused_at_once(tone_model, rng, monkeypatch):
+    """A session whose open() reached the worker just after the failing step would otherwise hold
+    a stream that never steps (the runner steps no more) until the server's shutdown timeout."""
+    import streamd.engine.engine as engine_module
+    from streamd.engine.engine import StreamingEngine
+    from streamd.engine.runner import EngineFailure, EngineRunner
+    from streamd.engine.stream import StreamOptions
+
+    error = "CUDA error: an illegal memory access was encountered (injected)"
+
+    def run_group_failing(*args):
+        raise RuntimeError(error)
+
+    async def scenario() -> None:
+        runner = EngineRunner()
+        failed = asyncio.Event()
+        await runner.start(lambda: StreamingEngine(tone_model, max_batch=4, max_streams=4),
+                           on_device_failure=lambda reason: failed.set())
+        # The device goes (after the warm-up): every model call fails and the device check says so.
+        monkeypatch.setattr(StreamingEngine, "_run_group", run_group_failing)
+        monkeypatch.setattr(engine_module, "device_fault", lambda device: f"AcceleratorError: {error}")
+        first: asyncio.Queue = asyncio.Queue()
+        stream_id = await runner.open(StreamOptions(att_context_size=(70, 1)), first)
+        runner.push(stream_id, tones.synthesize("abc", rng).audio)
+        assert isinstance(await asyncio.wait_for(first.get(), 30), EngineFailure)
+        await asyncio.wait_for(failed.wait(), 30)
+        with pytest.raises(EngineFailure, match=r"the device failed: .*illegal memory access"):
+            await asyncio.wait_for(runner.open(StreamOptions(att_context_size=(70, 1)), asyncio.Queue()), 30)
+        await runner.stop()
+
+    asyncio.run(scenario())
