@@ -58,8 +58,7 @@ def test_server_bench_overhead_capacity_and_memory(tone_model_path: Path, tmp_pa
 
 def test_capacity_one_frame_per_chunk_clients_in_two_processes_without_aligned_ramp_or_ceiling_keeps_server_log(
         tone_model_path: Path, tmp_path: Path):
-    out, logs = tmp_path / "capacity.json", tmp_path / "logs"
-    logs.mkdir()
+    out, logs = tmp_path / "capacity.json", tmp_path / "logs" / "capacity"  # made by the bench
     streamd_cli("bench", "server", "--model", str(tone_model_path), "--scenarios", "capacity", "--chunk-ms", "560",
                 "--seconds", "2", "--ramp", "1,2", "--frame-ms", "chunk", "--no-aligned", "--no-ceiling",
                 "--encoder-cuda-graphs", "on", "--client-processes", "2", "--server-log-dir", str(logs),

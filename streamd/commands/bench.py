@@ -210,6 +210,12 @@ def run_server_bench(args: argparse.Namespace) -> int:
     except (ValueError, tarfile.TarError) as exc:
         print(f"streamd bench server: {args.model}: {exc}", file=sys.stderr)
         return 2
+    if args.server_log_dir is not None:
+        try:
+            args.server_log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"streamd bench server: --server-log-dir: {exc}", file=sys.stderr)
+            return 2
     settings = {"threads": args.threads, "device": args.device, "dtype": args.dtype,
                 "decoder_cuda_graphs": args.decoder_cuda_graphs, "encoder_cuda_graphs": args.encoder_cuda_graphs}
     results: list[dict[str, Any]] = []
