@@ -137,6 +137,7 @@ def batching_benchmark(model: Any, stream_counts: list[int], sizes: list[tuple[i
             batched = run_engine(model, audios, size, max_batch=count)
             row: dict[str, Any] = {**asdict(batched), "rtfx": batched.rtfx,
                                    "tokens_per_s": batched.tokens / batched.compute_s,
+                                   "tokens_per_audio_s": batched.tokens / batched.audio_s,
                                    "nemo_encoder_ms": nemo_encoder_step_ms(model, size, count)}
             if sequential and count > 1:
                 alone = sum(run_engine(model, [a], size, 1).compute_s for a in audios)
@@ -167,14 +168,15 @@ def cpu_name() -> str:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| chunk ms | streams | RTFx | step p50 ms | step p99 ms | batching gain | tokens/s "
-        "| features / encoder / decoder / other ms per step | NeMo encoder step alone ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| tokens per s of audio | features / encoder / decoder / other ms per step | NeMo encoder step alone ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for row in rows:
         gain = f"{row['batching_gain']:.2f}x" if "batching_gain" in row else "-"
         lines.append(
             f"| {row['chunk_ms']} | {row['streams']} | {row['rtfx']:.1f} | {row['step_p50_ms']:.1f} | "
-            f"{row['step_p99_ms']:.1f} | {gain} | {row['tokens_per_s']:.0f} | {row['features_ms']:.1f} / "
+            f"{row['step_p99_ms']:.1f} | {gain} | {row['tokens_per_s']:.0f} | {row['tokens_per_audio_s']:.1f} | "
+            f"{row['features_ms']:.1f} / "
             f"{row['encoder_ms']:.1f} / {row['decoder_ms']:.1f} / {row['other_ms']:.1f} | "
             f"{row['nemo_encoder_ms']:.1f} |"
         )

@@ -28,7 +28,8 @@ def test_engine_bench_reports_every_stream_count_and_chunk_size(tone_model_path:
         assert abs(row["audio_s"] - 2.0 * row["streams"]) < 1e-6
         assert row["rtfx"] == row["audio_s"] / row["compute_s"]
         assert 0 < row["step_p50_ms"] <= row["step_p99_ms"]
-        assert row["tokens"] > 0  # the tone model hears the tones in the benchmark audio
+        # the tone model hears the tones in the benchmark audio: 2-5 letters a second
+        assert 1 < row["tokens_per_audio_s"] < 8
         assert row["encoder_ms"] > 0 and row["decoder_ms"] > 0 and row["other_ms"] >= 0
         assert row["nemo_encoder_ms"] > 0
     assert all(r["batching_gain"] > 0 for r in rows if r["streams"] == 3)
