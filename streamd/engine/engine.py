@@ -484,7 +484,10 @@ class StreamingEngine:
         return stream.tokens[first:], stream.frames[first:]
 
     def _set_partial(self, stream: Stream, update: StreamUpdate) -> None:
+        if len(stream.tokens) - stream.utterance_first_token == stream.partial_tokens:
+            return  # no new token since the last partial, so no new text: skip detokenizing
         tokens, _ = self._utterance_tokens(stream)
+        stream.partial_tokens = len(tokens)
         text = tokens_to_text(self.model.tokenizer, tokens)
         if text != stream.last_partial:
             stream.last_partial = text
@@ -508,4 +511,4 @@ class StreamingEngine:
         stream.utterance_index += 1
         stream.utterance_first_token = len(stream.tokens)
         stream.utterance_start = end
-        stream.last_partial = ""
+        stream.last_partial, stream.partial_tokens = "", 0

@@ -74,6 +74,7 @@ class Stream:
     utterance_index: int = 0
     utterance_start: float = 0.0
     last_partial: str = ""
+    partial_tokens: int = 0  # the current utterance's tokens that last_partial was made from
     eof: bool = False
     features_final: bool = False
     finalize_requested: bool = False
