@@ -8,8 +8,8 @@ blank output's logit makes blank win on most frames: the encoder (the shapes and
 benchmark is about) is untouched, and the decoder runs about as often as it would for real
 speech. The bias is found per att_context_size by bisection on benchmark audio (tone sequences,
 as the benchmarks stream), decoding one precomputed encoder output again for each candidate; it
-is stored in the model's config, and the engine sets the joint's blank output bias to that
-size's value before each group of that size (:func:`blank_output_biases`).
+is stored in the model's config, and whatever decodes a size (the engine, offline transcription)
+sets the joint's blank output bias to that size's value first (:mod:`streamd.engine.blank_bias`).
 
 Greedy decoding is also capped at ``MAX_SYMBOLS`` tokens per frame. An RNNT's decoder sees only
 the tokens so far, never the frame, so a random one that emits on a frame tends to go on emitting
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from streamd import tones
+from streamd.engine.blank_bias import blank_output
 from streamd.engine.offline import encode_offline
 from streamd.models import configure_decoding, mark_origin
 
@@ -44,14 +45,6 @@ class TokenRate:
     output_bias: float  # the blank output's bias with it
     measured_per_s: float  # the rate with it, on the calibration audio
     untouched_per_s: float  # the rate without it
-
-
-def blank_output(model: Any) -> tuple[torch.nn.Linear, int]:
-    """The joint's last linear layer and the blank's row in it."""
-    last = model.joint.joint_net[-1]
-    if not isinstance(last, torch.nn.Linear):
-        raise ValueError(f"the joint network ends in {type(last).__name__}, not a linear layer")
-    return last, int(model.decoder.blank_idx)
 
 
 def calibration_audio(seconds: float, seed: int = 1) -> list[np.ndarray]:
@@ -114,12 +107,3 @@ def calibrate_token_rate(model: Any, target_per_s: float, audio: list[np.ndarray
         "sizes": [{"att_context_size": list(size), **asdict(rate)} for size, rate in found.items()],
     })
     return found
-
-
-def blank_output_biases(model: Any) -> dict[tuple[int, int], float]:
-    """Per att_context_size, the bias of the joint's blank output that a token-rate calibrated
-    model asks for (none for any other model)."""
-    calibration = (model.cfg.get("streamd") or {}).get("token_rate")
-    if not calibration:
-        return {}
-    return {tuple(entry["att_context_size"]): float(entry["output_bias"]) for entry in calibration["sizes"]}

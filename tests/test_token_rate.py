@@ -43,6 +43,7 @@ def streamed_tokens_per_second(model, size: tuple[int, int], audios: list[np.nda
 
 def test_calibrated_model_streams_about_the_asked_token_rate_at_every_chunk_size(calibrated, untrained_tiny_path):
     from streamd import tones
+    from streamd.engine.offline import transcribe_offline
     from streamd.models import load_model
 
     path, summary = calibrated
@@ -53,6 +54,9 @@ def test_calibrated_model_streams_about_the_asked_token_rate_at_every_chunk_size
     model = load_model(str(path))
     rng = np.random.default_rng(1234)  # not the calibration's audio
     audios = [tones.random_audio(rng, 5.0) for _ in range(round(HELD_OUT_S / 5))]
+    for size in [(70, 0), (70, 13)]:  # offline first: the saved weights hold no calibrated bias
+        offline = sum(len(t.tokens) for t in transcribe_offline(model, audios, size)) / HELD_OUT_S
+        assert TARGET_PER_S / 2 <= offline <= TARGET_PER_S * 2, (size, offline)
     for size in [(70, 0), (70, 13)]:
         rate = streamed_tokens_per_second(model, size, audios)
         assert TARGET_PER_S / 2 <= rate <= TARGET_PER_S * 2, (size, rate)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from streamd.devices import device_fault
+from streamd.engine.blank_bias import BlankBias
 from streamd.engine.decoding import tokens_to_text, tokens_to_words
 from streamd.engine.encoder_step import buckets_up_to, encoder_step
 from streamd.engine.endpointing import utterance_ended
@@ -48,7 +49,6 @@ from streamd.engine.stream import Stream, StreamOptions, StreamUpdate, Utterance
 from streamd.log import get_logger
 from streamd.models import configure_decoding
 from streamd.nemo_import import import_nemo_asr
-from streamd.token_rate import blank_output, blank_output_biases
 
 log = get_logger(__name__)
 
@@ -131,9 +131,7 @@ class StreamingEngine:
         self._encoder_step = encoder_step(model)  # eager, or CUDA graphs as prepare_model set
         # A benchmark model calibrated to a trained model's token rate asks for its joint's blank
         # output bias to be set per chunk size (streamd.token_rate); any other model has none.
-        self._blank_biases = blank_output_biases(model)
-        if self._blank_biases:
-            self._blank_layer, self._blank_row = blank_output(model)
+        self._blank_bias = BlankBias(model)
         self.contexts = CacheAwareContextManager(_CacheSource(self.encoder, self.dtype, self.device), max_streams)
         self.streams: dict[int, Stream] = {}
         self._ids = itertools.count()
@@ -405,8 +403,7 @@ class StreamingEngine:
         the joint at that size's blank output bias, for a model that has one per size)."""
         self.encoder.att_context_size = list(size)
         self.encoder.streaming_cfg = self._streaming_cfgs[size]
-        if self._blank_biases:
-            self._blank_layer.bias[self._blank_row] = self._blank_biases[size]
+        self._blank_bias.use(size)
 
     def capture_encoder_graphs(self) -> int:
         """With encoder CUDA graphs on, capture the steady step of every chunk size for every batch

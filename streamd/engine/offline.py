@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamd.engine.blank_bias import BlankBias
 from streamd.engine.decoding import Word, tokens_to_text, tokens_to_words
 
 
@@ -74,6 +75,7 @@ def transcribe_offline(model: Any, audios: list[np.ndarray], att_context_size: t
     if not present:
         return results
     _, _, encoded, encoded_len = encode_offline(model, [audios[i] for i in present], att_context_size)
+    BlankBias(model).use(att_context_size)  # a token-rate calibrated model's, as streaming decodes
     hyps = model.decoding.rnnt_decoder_predictions_tensor(encoded, encoded_len, return_hypotheses=True)
     frame_s = frame_seconds(model)
     for i, hyp in zip(present, hyps):
