@@ -41,4 +41,5 @@ class BlankBias:
 
     def use(self, att_context_size: tuple[int, int]) -> None:
         if self._values:
-            self._layer.bias[self._row] = self._values[tuple(att_context_size)]
+            with torch.no_grad():  # a parameter: in place only without autograd
+                self._layer.bias[self._row] = self._values[tuple(att_context_size)]
