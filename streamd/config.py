@@ -45,6 +45,7 @@ class ServeConfig:
     warmup_batch: int = 0  # streams per chunk size in the warm-up's batch; 0 = max_batch on CUDA, none elsewhere
     default_chunk_ms: int = 1120  # chunk of a session whose config names none
     load_log_interval_s: float = 10.0  # how often the engine's load is logged (engine load); 0 = never
+    batch_window_ms: float = 0.0  # an idle engine, woken by audio, waits this long for more before stepping
     max_message_bytes: int = 1_048_576  # larger frames end the session (message_too_big)
     idle_timeout_s: float = 30.0  # no client message this long ends the session
     max_session_s: float = 3600.0  # audio seconds one session may stream
@@ -61,8 +62,9 @@ class ServeConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be at least 1024")
-        if self.load_log_interval_s < 0:
-            raise ValueError("load_log_interval_s must be 0 (never) or more")
+        for name in ("load_log_interval_s", "batch_window_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (the default: never / none) or more")
         for name in ("idle_timeout_s", "max_session_s", "shutdown_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

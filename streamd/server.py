@@ -110,7 +110,8 @@ class Server:
             log.info("engine built", seconds=round(time.monotonic() - started, 1))
             return engine
 
-        engine = await self.runner.start(build, s.warmup_batch, self._device_failed, s.load_log_interval_s)
+        engine = await self.runner.start(build, s.warmup_batch, self._device_failed, s.load_log_interval_s,
+                                         s.batch_window_ms / 1000)
         return ModelInfo.describe(Path(s.model).stem, engine.sample_rate, engine.att_context_sizes,
                                   engine.frame_s, s.default_chunk_ms)
 

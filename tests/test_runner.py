@@ -40,3 +40,27 @@ def test_a_stream_opened_after_the_device_failed_is_refused_at_once(tone_model, 
         await runner.stop()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("window_s", [0.0, 0.2])
+def test_a_batch_window_lets_audio_arriving_together_share_a_step(tone_model, rng, window_s):
+    """Two streams' first chunks arrive 30 ms apart at an idle engine: at once, the first steps
+    alone; with a 200 ms window, both share the first step (one Delivery per stream from it)."""
+    from streamd.engine.engine import StreamingEngine
+    from streamd.engine.runner import EngineRunner
+    from streamd.engine.stream import StreamOptions
+
+    async def first_steps() -> tuple[float, float]:
+        runner = EngineRunner()
+        await runner.start(lambda: StreamingEngine(tone_model, max_batch=4, max_streams=4), batch_window_s=window_s)
+        sinks: list[asyncio.Queue] = [asyncio.Queue(), asyncio.Queue()]
+        ids = [await runner.open(StreamOptions(att_context_size=(70, 1)), sink) for sink in sinks]
+        for stream_id in ids:
+            runner.push(stream_id, tones.synthesize("ab", rng).audio[:8000])  # 0.5 s: first chunks
+            await asyncio.sleep(0.03)
+        firsts = [await asyncio.wait_for(sink.get(), 30) for sink in sinks]
+        await runner.stop()
+        return firsts[0].step_seconds, firsts[1].step_seconds
+
+    a, b = asyncio.run(first_steps())
+    assert (a == b) == (window_s > 0), (a, b)

@@ -26,6 +26,7 @@ def test_defaults_and_overrides():
     (["model=m", "max_sessions=0"], "max_sessions must be at least 1"),
     (["model=m", "idle_timeout_s=0"], "idle_timeout_s must be positive"),
     (["model=m", "warmup_batch=-1"], "warmup_batch must be 0"),
+    (["model=m", "batch_window_ms=-5"], "batch_window_ms must be 0"),
     (["model=m", "port"], "use key=value"),
 ])
 def test_bad_settings_name_the_key(overrides: list[str], message: str):

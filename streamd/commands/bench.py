@@ -92,6 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="capacity: spread the clients over this many processes (default 1: this one); each "
                              "level records the busiest one's CPU share")
     server.add_argument("--max-batch", type=int, default=64, help="the server's max_batch (default 64)")
+    server.add_argument("--batch-window-ms", type=float, default=0.0,
+                        help="the server's batch_window_ms (default 0: step at once)")
     server.add_argument("--server-log-dir", type=Path,
                         help="keep each scenario's server log here (default: temporary; errors quote its tail)")
     server.add_argument("--soak-minutes", type=float, default=10.0, help="open/close soak length (default 10)")
@@ -210,6 +212,9 @@ def run_server_bench(args: argparse.Namespace) -> int:
     except (ValueError, tarfile.TarError) as exc:
         print(f"streamd bench server: {args.model}: {exc}", file=sys.stderr)
         return 2
+    meta["batch_window_ms"] = args.batch_window_ms
+    if args.batch_window_ms:
+        meta["title"] += f", server batch window {args.batch_window_ms:g} ms"
     if args.server_log_dir is not None:
         try:
             args.server_log_dir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +222,8 @@ def run_server_bench(args: argparse.Namespace) -> int:
             print(f"streamd bench server: --server-log-dir: {exc}", file=sys.stderr)
             return 2
     settings = {"threads": args.threads, "device": args.device, "dtype": args.dtype,
-                "decoder_cuda_graphs": args.decoder_cuda_graphs, "encoder_cuda_graphs": args.encoder_cuda_graphs}
+                "decoder_cuda_graphs": args.decoder_cuda_graphs, "encoder_cuda_graphs": args.encoder_cuda_graphs,
+                "batch_window_ms": args.batch_window_ms}
     results: list[dict[str, Any]] = []
     tables = []
     if "overhead" in args.scenarios:

@@ -72,6 +72,7 @@ class EngineRunner:
         self._on_device_failure: Callable[[str], None] | None = None
         self._load = LoadWindow(0.0)  # worker side
         self._device_failure: str | None = None  # worker side: set once, ends the stepping
+        self._batch_window_s = 0.0
 
     @property
     def engine(self) -> StreamingEngine:
@@ -85,18 +86,21 @@ class EngineRunner:
 
     async def start(self, build: Callable[[], StreamingEngine], warmup_batch: int = 0,
                     on_device_failure: Callable[[str], None] | None = None,
-                    load_log_interval_s: float = 0.0) -> StreamingEngine:
+                    load_log_interval_s: float = 0.0, batch_window_s: float = 0.0) -> StreamingEngine:
         """Build the engine on the worker thread, warm it up, and start stepping.
 
         ``warmup_batch``: streams per chunk size in the warm-up's batched round; 0 = the engine's
         batch limit on CUDA, none elsewhere (see :meth:`_warm_up`). ``on_device_failure(reason)``
         runs on the event loop once the device stopped running work; every stream has failed by
         then and the runner steps no more. ``load_log_interval_s``: how often an ``engine load``
-        event sums up the steps (0: never)."""
+        event sums up the steps (0: never). ``batch_window_s``: when audio wakes an idle engine, how
+        long it waits for more before stepping, so that streams whose chunks complete nearly together
+        share one step (0: it steps at once)."""
         self._on_device_failure = on_device_failure
         self._engine = await self._call(build)
         await self._call(self._warm_up, warmup_batch)
         self._load = LoadWindow(load_log_interval_s)
+        self._batch_window_s = batch_window_s
         self._pump_task = asyncio.create_task(self._pump(), name="engine-pump")
         return self._engine
 
@@ -231,6 +235,8 @@ class EngineRunner:
     async def _pump(self) -> None:
         while True:
             await self._wake.wait()
+            if self._batch_window_s:  # the engine was idle: let audio arriving together share a step
+                await asyncio.sleep(self._batch_window_s)
             self._wake.clear()
             while (cycle := await self._call(self._cycle)) is not None:
                 self._deliver(cycle)
