@@ -54,17 +54,14 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be between 0 and 65535")
-        for name in ("threads", "warmup_batch"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 (the default) or more")
+        for name in ("threads", "warmup_batch", "load_log_interval_s", "batch_window_ms"):
+            if getattr(self, name) < 0:  # 0 has a meaning for each (docs/server.md)
+                raise ValueError(f"{name} must be 0 or more")
         for name in ("max_sessions", "max_batch", "default_chunk_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be at least 1024")
-        for name in ("load_log_interval_s", "batch_window_ms"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 (the default: never / none) or more")
         for name in ("idle_timeout_s", "max_session_s", "shutdown_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
