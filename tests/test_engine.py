@@ -77,6 +77,21 @@ def test_staggered_batched_streams_equal_each_stream_alone(tone_model, rng):
         assert alone[k].text == sequences[k].text
 
 
+def test_a_reused_slot_starts_each_stream_from_scratch(tone_model, rng):
+    """Streams that follow one another through an engine's only slot (decoder state and frame
+    count live in slot rows): each hears its own letters, its word times lie inside its own audio,
+    and both equal the same stream's in a fresh engine."""
+    options = StreamOptions(att_context_size=(70, 1))
+    shared = StreamingEngine(tone_model, max_streams=1)
+    for seq in [tones.random_sequence(rng, 3, 6) for _ in range(3)]:
+        reused = transcribe_streaming(shared, [seq.audio], options)[0]
+        alone = transcribe_streaming(StreamingEngine(tone_model, max_streams=1), [seq.audio], options)[0]
+        assert reused.text == seq.text
+        assert len(reused.words) == len(seq.letters)
+        assert all(0 <= w.start < w.end <= len(seq.audio) / tones.SAMPLE_RATE + 0.08 for w in reused.words)
+        assert (reused.tokens, reused.words) == (alone.tokens, alone.words)
+
+
 def test_streaming_encoder_frames_match_offline_and_report(tone_model, rng, tmp_path):
     """Report how close streaming encoder frames are to offline ones (the docs quote it)."""
     sequences = [tones.random_sequence(rng, 4, 6) for _ in range(4)]

@@ -15,9 +15,11 @@ deviates from NeMo 3.0's ``CacheAwareRNNTPipeline``, and why:
   history and drops one subsampled frame instead of two. Streaming therefore equals offline.
 * The pipeline runs ending streams in a second model call per step (``keep_all_outputs``); for
   ``chunked_limited`` attention that flag changes nothing, so they share the batch here.
-* The decoder continues each stream from its decoder state alone, not from its whole partial
-  hypothesis (:meth:`StreamingEngine._continuation`): a step's cost does not grow with the
-  stream's age. That needs NeMo's label-looping batched greedy decoder, which the engine selects.
+* The decoder continues each stream from its decoder state alone, kept batched in slot rows
+  (:mod:`streamd.engine.decoder_states`), not from per-stream partial hypotheses that NeMo
+  merges every step: a step's cost neither grows with the stream's age nor pays per-stream
+  Python wrapping. That needs NeMo's label-looping batched greedy decoder, which the engine
+  selects.
 * On CUDA the encoder's steady steps can be replayed from CUDA graphs, which NeMo does for the
   decoder only (:mod:`streamd.engine.encoder_step`; ``prepare_model(encoder_cuda_graphs=...)``).
 
@@ -40,11 +42,12 @@ import torch
 
 from streamd.devices import device_fault
 from streamd.engine.blank_bias import BlankBias
+from streamd.engine.decoder_states import DecoderStates
 from streamd.engine.decoding import tokens_to_text, tokens_to_words
 from streamd.engine.encoder_step import buckets_up_to, encoder_step
 from streamd.engine.endpointing import utterance_ended
 from streamd.engine.features import FeatureExtractor, append_samples
-from streamd.engine.offline import frame_seconds, hypothesis_frames, hypothesis_tokens, model_device_dtype
+from streamd.engine.offline import frame_seconds, model_device_dtype
 from streamd.engine.stream import Stream, StreamOptions, StreamUpdate, Utterance
 from streamd.log import get_logger
 from streamd.models import configure_decoding
@@ -96,9 +99,7 @@ class StreamingEngine:
                  record_encoder_output: bool = False) -> None:
         nemo_asr = import_nemo_asr()
         from nemo.collections.asr.inference.utils.context_manager import CacheAwareContextManager
-        from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
 
-        self._hypothesis_type = Hypothesis
         self.model = model
         self.encoder = model.encoder
         self.device, self.dtype = model_device_dtype(model)
@@ -107,7 +108,7 @@ class StreamingEngine:
         if getattr(self.encoder, "att_context_style", None) != "chunked_limited":
             raise ValueError("the model's encoder is not cache-aware (att_context_style chunked_limited)")
         # Label-looping batched greedy decoding: it batches all streams of a step and continues
-        # each from its decoder state alone (_continuation).
+        # each from its decoder state alone (DecoderStates).
         if configure_decoding(model, "greedy_batch", loop_labels=True):
             log.info("decoding switched to greedy_batch with label looping (streaming needs it)")
         self.att_context_sizes = [tuple(s) for s in self.encoder.att_context_size_all]
@@ -133,6 +134,7 @@ class StreamingEngine:
         # output bias to be set per chunk size (streamd.token_rate); any other model has none.
         self._blank_bias = BlankBias(model)
         self.contexts = CacheAwareContextManager(_CacheSource(self.encoder, self.dtype, self.device), max_streams)
+        self.decoder_states = DecoderStates(model, max_streams, self.device)  # rows indexed by the same slots
         self.streams: dict[int, Stream] = {}
         self._ids = itertools.count()
         self.last_stats = StepStats()
@@ -354,46 +356,40 @@ class StreamingEngine:
         with torch.inference_mode():
             self._use_size(size)
             context, _ = self.contexts.get_context(ids)  # a new stream gets its slot here
+            slots = torch.tensor([self.contexts.streamidx2slotidx[i] for i in ids], device=self.device)
             encoded, encoded_len, *caches = self._encoder_step(
                 signal, signal_len,
                 (context.cache_last_channel, context.cache_last_time, context.cache_last_channel_len), drop,
                 key=size, steady=drop == self.drop_extra and signal.shape[2] == self._steady_frames[size])
             t1 = time.perf_counter()
-            # NeMo's greedy decoder alone: rnnt_decoder_predictions_tensor also turns every
-            # hypothesis into text, which streamd does itself from the tokens, and only for
-            # partials that changed. After change_decoding_strategy (decoder_cuda_graphs=false),
-            # its per-hypothesis check of a config list alone took 8 ms of a 256-stream CPU step.
-            hyps = self.model.decoding.decoding(
-                encoder_output=encoded, encoded_lengths=encoded_len,
-                partial_hypotheses=[self._continuation(s.hypothesis) for s in group],
-            )[0]
+            decoded = self.decoder_states.decode(encoded, encoded_len, slots,
+                                                 first=[i for i, s in enumerate(group) if s.steps == 0])
             t2 = time.perf_counter()
-            self._store_caches(ids, *caches)
+            self._store_caches(slots, *caches)
+            self.decoder_states.commit(slots, decoded)
         stats.encoder_s += t1 - t0 + time.perf_counter() - t2
         stats.decoder_s += t2 - t1
         stats.model_calls += 1
-        for i, (stream, frames, history, hyp, n_out) in enumerate(
-                zip(group, fed, histories, hyps, encoded_len.tolist())):
+        for i, (stream, frames, history, tokens, token_frames, n_out) in enumerate(
+                zip(group, fed, histories, decoded.tokens, decoded.frames, encoded_len.tolist())):
             if self.record_encoder_output:
                 self.encoder_outputs[stream.stream_id].append(encoded[i, :, :n_out].float().cpu())
             stream.drop_frames(frames)
             stream.history = history
             stream.steps += 1
-            # The hypothesis holds this chunk's tokens only (see _continuation); their frame
-            # indices are absolute (the decoder state keeps the offset): stream times as they are.
-            stream.tokens.extend(hypothesis_tokens(hyp))
-            stream.frames.extend(hypothesis_frames(hyp))
+            # This chunk's tokens; their frame indices count from the stream's start (the decoder
+            # state keeps the offset).
+            stream.tokens.extend(tokens)
+            stream.frames.extend(token_frames)
             stream.encoder_frames += int(n_out)
-            stream.hypothesis = hyp
             updates.setdefault(stream.stream_id, StreamUpdate(stream.stream_id))
 
-    def _store_caches(self, ids: list[int], channel: torch.Tensor, conv: torch.Tensor, channel_len: torch.Tensor
+    def _store_caches(self, slots: torch.Tensor, channel: torch.Tensor, conv: torch.Tensor, channel_len: torch.Tensor
                       ) -> None:
         """Write a group's new caches into its streams' slots. NeMo's ``update_cache`` first gathers
-        them again through the slot mapping, which here is the identity (rows are in ``ids``
-        order): a copy of every cache of the group per step, saved here."""
+        them again through the slot mapping, which here is the identity (rows are in slot order):
+        a copy of every cache of the group per step, saved here."""
         contexts = self.contexts
-        slots = torch.tensor([contexts.streamidx2slotidx[i] for i in ids], device=self.device)
         contexts.cache_last_channel.index_copy_(1, slots, channel)
         contexts.cache_last_time.index_copy_(1, slots, conv)
         contexts.cache_last_channel_len.index_copy_(0, slots, channel_len)
@@ -456,19 +452,6 @@ class StreamingEngine:
                 histories[row] = history
         signal = batch.to(self.dtype, memory_format=torch.contiguous_format)
         return signal, torch.tensor(lengths, device=self.device), fed, histories
-
-    def _continuation(self, previous: Any) -> Any:
-        """What the decoder continues a stream from: the last hypothesis's decoder state only.
-
-        NeMo merges each chunk's tokens into the partial hypothesis it is given (a growing
-        tensor concatenated every step), and label-looping decoding reads nothing from it but
-        the decoder state. Handing it a fresh hypothesis with that state keeps a step's work
-        independent of how long the stream has run; the tokens live in ``Stream.tokens``.
-        """
-        if previous is None:
-            return None
-        return self._hypothesis_type(score=0.0, y_sequence=None, timestamp=None, dec_state=previous.dec_state,
-                                     last_token=previous.last_token)
 
     # ----------------------------------------------------------------- transcripts
     def _last_token_frame(self, stream: Stream) -> int | None:

@@ -1,4 +1,5 @@
-"""Per-stream state: audio/feature buffers, decoder hypothesis, and utterance bookkeeping."""
+"""Per-stream state: audio/feature buffers, decoded tokens, and utterance bookkeeping (the decoder's
+state lives batched in :class:`streamd.engine.decoder_states.DecoderStates`)."""
 
 from __future__ import annotations
 
@@ -67,7 +68,6 @@ class Stream:
     history: torch.Tensor | None = None  # last frames already fed (pre-encode cache) [n_mels, <=9]
     encoder_frames: int = 0  # encoder frames decoded so far
     steps: int = 0
-    hypothesis: Any = None
     tokens: list[int] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
     utterance_first_token: int = 0
