@@ -64,3 +64,27 @@ def test_a_batch_window_lets_audio_arriving_together_share_a_step(tone_model, rn
 
     a, b = asyncio.run(first_steps())
     assert (a == b) == (window_s > 0), (a, b)
+
+
+def test_the_objects_alive_after_the_warm_up_are_left_out_of_garbage_collection(tone_model):
+    """A full collection over the model's and NeMo's objects held the GIL for ~340 ms (event loop
+    and engine stalled together); once started, they are frozen and a collection sees only
+    objects made since."""
+    import gc
+
+    from streamd.engine.engine import StreamingEngine
+    from streamd.engine.runner import EngineRunner
+
+    async def start_and_count() -> tuple[int, int]:
+        runner = EngineRunner()
+        await runner.start(lambda: StreamingEngine(tone_model, max_batch=4, max_streams=4))
+        counts = gc.get_freeze_count(), len(gc.get_objects())
+        await runner.stop()
+        return counts
+
+    gc.unfreeze()
+    try:
+        frozen, collectable = asyncio.run(start_and_count())
+    finally:
+        gc.unfreeze()
+    assert frozen > 10 * collectable, (frozen, collectable)
