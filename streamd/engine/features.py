@@ -25,8 +25,18 @@ class FeatureState:
 
     samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     samples_start: int = 0  # global index of samples[0]
-    samples_total: int = 0  # samples received so far
+    samples_total: int = 0  # samples received so far (``samples`` and ``arrived``)
     frames_done: int = 0
+    # Pieces received since the last extraction, joined to ``samples`` once per extraction: a
+    # client's small frames (20 ms) would otherwise copy the whole buffer at every frame.
+    arrived: list[np.ndarray] = field(default_factory=list)
+
+    def joined(self) -> np.ndarray:
+        """``samples`` with every arrived piece appended (kept, so the join happens once)."""
+        if self.arrived:
+            self.samples = np.concatenate([self.samples, *self.arrived])
+            self.arrived.clear()
+        return self.samples
 
 
 class FeatureExtractor:
@@ -119,7 +129,7 @@ class FeatureExtractor:
                 continue
             start = max(0, (k0 - self.margin) * self.hop)
             end = state.samples_total if final else (k1 - 1) * self.hop + self.half_window
-            windows.append(state.samples[start - state.samples_start : end - state.samples_start])
+            windows.append(state.joined()[start - state.samples_start : end - state.samples_start])
             spans.append((k0 - start // self.hop, k1 - k0))
         lengths = [len(w) for w in windows]
         empty = torch.zeros(self.n_mels, 0, device=self.device)
@@ -140,7 +150,7 @@ class FeatureExtractor:
                 state.frames_done += count
                 # Keep the audio that later frames' windows (and their margin) still read.
                 keep_from = max(0, (state.frames_done - self.margin) * self.hop)
-                state.samples = state.samples[keep_from - state.samples_start :]
+                state.samples = state.joined()[keep_from - state.samples_start :]
                 state.samples_start = keep_from
         return [
             feats[i, :, first : first + count].float() if count else empty
@@ -150,5 +160,5 @@ class FeatureExtractor:
 
 def append_samples(state: FeatureState, samples: np.ndarray) -> None:
     """Queue ``samples`` (float32 mono at the model's rate) for feature extraction."""
-    state.samples = np.concatenate([state.samples, samples.astype(np.float32, copy=False)])
+    state.arrived.append(samples.astype(np.float32, copy=False))
     state.samples_total += len(samples)
