@@ -73,6 +73,13 @@ ARCHITECTURES: dict[str, Architecture] = {
         # slow its training and make its accuracy noisy.
         dropout=0.0,
     ),
+    # Same structure, next to no compute (~11k parameters), for benchmarks of what a step and the
+    # server cost besides the model: on a GPU that is most of a step. On the CPU its server, like
+    # the GPU's, runs out of Python time (event loop and engine thread) at a few hundred streams.
+    "micro": Architecture(
+        n_layers=1, d_model=16, n_heads=2, subsampling_conv_channels=4,
+        pred_hidden=16, pred_rnn_layers=1, joint_hidden=16, vocab_size=32, n_mels=16, dropout=0.0,
+    ),
 }
 
 

@@ -45,6 +45,24 @@ def test_nemotron_architecture_matches_the_published_model():
     del model
 
 
+def test_micro_architecture_is_next_to_no_compute_and_streams_at_every_chunk_size(rng):
+    """The overhead benchmarks' model: far smaller than tiny, and still a cache-aware model that the
+    engine streams to a final at each chunk size."""
+    from streamd import tones
+    from streamd.engine.engine import StreamingEngine
+    from streamd.engine.stream import StreamOptions
+    from streamd.transcribe import transcribe_streaming
+
+    micro = build_model("micro")
+    assert parameter_count(micro) * 20 < parameter_count(build_model("tiny"))
+    assert [tuple(s) for s in micro.encoder.att_context_size_all] == [(70, 13), (70, 6), (70, 1), (70, 0)]
+    audio = tones.random_audio(rng, 2.0)
+    for size in micro.encoder.att_context_size_all:
+        engine = StreamingEngine(micro, max_streams=2)
+        done = transcribe_streaming(engine, [audio, audio[:8000]], StreamOptions(att_context_size=tuple(size)))
+        assert len(done) == 2 and not engine.streams
+
+
 def test_pretrained_name_offline_fails_fast_and_clearly(monkeypatch):
     monkeypatch.setenv("STREAMD_HUB_HOST", "127.0.0.1")  # nothing listens on 443 here
     started = time.monotonic()
