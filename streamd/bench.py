@@ -149,10 +149,12 @@ def batching_benchmark(model: Any, stream_counts: list[int], sizes: list[tuple[i
     return results
 
 
-def machine_description(device: torch.device) -> str:
+def machine_description(device: torch.device, threads: int | None = None) -> str:
+    """The device; on a CPU, its cores and the torch threads a run used (``threads``: those of
+    a run in other processes, e.g. the servers; default: this process's)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch threads {threads or torch.get_num_threads()}"
 
 
 def cpu_name() -> str:

@@ -143,7 +143,8 @@ def _model_meta(args: argparse.Namespace, device: Any, config: Any) -> dict[str,
     calibrated = f", calibrated to {tokens_per_second:g} tokens/s" if tokens_per_second else ""
     notes = ("" if args.decoder_cuda_graphs else ", decoder CUDA graphs off") + (
         ", encoder CUDA graphs on" if args.encoder_cuda_graphs else "")  # where not the default
-    return {"machine": machine_description(device), "device": str(device), "dtype": args.dtype,
+    # args.threads: the run's setting, here and in its servers (it may load no model here).
+    return {"machine": machine_description(device, args.threads), "device": str(device), "dtype": args.dtype,
             "model": args.model, "arch": arch, "token_rate_per_s": tokens_per_second,
             "decoder_cuda_graphs": "on" if args.decoder_cuda_graphs else "off",
             "encoder_cuda_graphs": "on" if args.encoder_cuda_graphs else "off",
