@@ -298,6 +298,28 @@ def test_decoder_cuda_graphs_switch_reaches_nemo_and_decoding_still_hears_the_le
     assert [s.text for s in streaming] == [seq.text for seq in sequences]
 
 
+def test_the_cuda_graph_decoders_own_code_path_hears_the_letters(tone_model_path, rng, monkeypatch):
+    """On CUDA NeMo's label-looping decoder runs ``cuda_graphs_impl``: static buffers as large as the
+    largest batch seen, so a smaller group gets a padded state back (the engine keeps its own
+    rows). Its graph-less mode runs that code on the CPU; streams of different lengths make the
+    groups shrink step by step."""
+    from streamd.models import load_model
+
+    model = load_model(str(tone_model_path))
+    computer = model.decoding.decoding.decoding_computer
+    computer.force_cuda_graphs_mode("no_graphs")
+
+    def cuda_path(self, x, out_len, prev_batched_state=None, multi_biasing_ids=None):  # what a CUDA tensor takes
+        return self.cuda_graphs_impl(x, out_len, prev_batched_state, multi_biasing_ids)
+
+    monkeypatch.setattr(type(computer), "__call__", cuda_path)
+    sequences = [tones.random_sequence(rng, 1, 7) for _ in range(6)]
+    engine = StreamingEngine(model, max_batch=8, max_streams=8)
+    streaming = transcribe_streaming(engine, [s.audio for s in sequences], StreamOptions(att_context_size=(70, 1)))
+    assert [s.text for s in streaming] == [seq.text for seq in sequences]
+    assert computer.state.batch_size == len(sequences)  # the padded path ran
+
+
 def test_a_model_set_to_per_utterance_greedy_decoding_is_switched_to_label_looping(tone_model_path, rng):
     from omegaconf import open_dict
 
