@@ -92,6 +92,24 @@ def test_a_reused_slot_starts_each_stream_from_scratch(tone_model, rng):
         assert (reused.tokens, reused.words) == (alone.tokens, alone.words)
 
 
+def test_a_caller_may_refill_its_audio_buffer_after_each_push(tone_model, rng):
+    """Pushed audio waits in the engine until the next feature extraction: a caller that refills
+    one buffer for every frame (as audio callbacks do) must still be heard as sent."""
+    seq = tones.random_sequence(rng, 3, 6)
+    engine = StreamingEngine(tone_model, max_streams=1)
+    stream_id = engine.open_stream(StreamOptions(att_context_size=(70, 1)))
+    frame = np.empty(320, np.float32)  # 20 ms, reused
+    for start in range(0, len(seq.audio), len(frame)):
+        piece = seq.audio[start : start + len(frame)]
+        frame[: len(piece)] = piece
+        engine.push_audio(stream_id, frame[: len(piece)])
+    engine.end_stream(stream_id)
+    finals = []
+    while stream_id in engine.streams:
+        finals += [u for update in engine.step() for u in update.finals]
+    assert " ".join(u.text for u in finals if u.text) == seq.text
+
+
 def test_streaming_encoder_frames_match_offline_and_report(tone_model, rng, tmp_path):
     """Report how close streaming encoder frames are to offline ones (the docs quote it)."""
     sequences = [tones.random_sequence(rng, 4, 6) for _ in range(4)]

@@ -159,6 +159,7 @@ class FeatureExtractor:
 
 
 def append_samples(state: FeatureState, samples: np.ndarray) -> None:
-    """Queue ``samples`` (float32 mono at the model's rate) for feature extraction."""
-    state.arrived.append(samples.astype(np.float32, copy=False))
+    """Queue ``samples`` (float32 mono at the model's rate) for feature extraction. They are
+    copied: a caller may refill the same buffer for its next frame before they are joined."""
+    state.arrived.append(np.array(samples, dtype=np.float32))
     state.samples_total += len(samples)
