@@ -22,8 +22,8 @@ import torch
 from streamd import tones
 from streamd.devices import synchronize
 from streamd.engine.engine import StreamingEngine
-from streamd.engine.runner import freeze_long_lived_objects
 from streamd.engine.stream import StreamOptions
+from streamd.engine.worker import freeze_long_lived_objects
 
 
 @dataclass

@@ -46,6 +46,7 @@ class ServeConfig:
     default_chunk_ms: int = 1120  # chunk of a session whose config names none
     load_log_interval_s: float = 10.0  # how often the engine's load is logged (engine load); 0 = never
     batch_window_ms: float = 0.0  # an idle engine, woken by audio, waits this long for more before stepping
+    engine_process: bool = False  # run the engine in a child process (its own GIL) instead of a thread
     max_message_bytes: int = 1_048_576  # larger frames end the session (message_too_big)
     idle_timeout_s: float = 30.0  # no client message this long ends the session
     max_session_s: float = 3600.0  # audio seconds one session may stream

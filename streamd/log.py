@@ -7,12 +7,17 @@ import sys
 
 import structlog
 
+_settings = ("info", "auto")  # what configure_logging was last given
+
+
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Route structlog and the standard ``logging`` module (NeMo uses it) to stderr.
 
     ``fmt`` is ``json``, ``console`` or ``auto`` (console when stderr is a TTY, else JSON).
     """
+    global _settings
+    _settings = (level, fmt)
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
@@ -41,6 +46,11 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     # websockets logs every failed handshake at error level with a traceback; our own
     # session events say what matters.
     logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))
+
+
+def logging_settings() -> tuple[str, str]:
+    """``(level, fmt)`` as last configured: for a child process to log the same way."""
+    return _settings
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -1,6 +1,6 @@
 """The ``streamd serve`` process: WebSocket sessions and HTTP probes on one port.
 
-The socket opens first, so ``/healthz`` answers while the model loads on the engine thread;
+The socket opens first, so ``/healthz`` answers while the model loads on the engine's worker;
 ``/readyz`` turns 200 once the engine is warm. Every WebSocket upgrade is admitted or refused
 in ``process_request`` — before the handshake — so a full or not-yet-ready server answers
 HTTP 503 with ``Retry-After`` instead of accepting and then closing. SIGTERM/SIGINT drain:
@@ -15,6 +15,7 @@ import asyncio
 import faulthandler
 import signal
 import time
+from functools import partial
 from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -72,7 +73,7 @@ class Server:
                 loading = asyncio.ensure_future(self._load())
                 await asyncio.wait({stopping, loading}, return_when=asyncio.FIRST_COMPLETED)
                 if not loading.done():
-                    loading.cancel()  # stopped while loading; the engine thread finishes on its own
+                    loading.cancel()  # stopped while loading; the runner's stop ends the worker
                 elif (exc := loading.exception()) is not None:
                     stopping.cancel()
                     log.error("startup failed", error=f"{type(exc).__name__}: {exc}")
@@ -91,27 +92,10 @@ class Server:
         return 1 if self.state == "failed" else 0
 
     async def _load(self) -> ModelInfo:
-        """Load, build and warm up the engine on its thread; describe the model for ``ready``."""
+        """Load, build and warm up the engine on its worker; describe the model for ``ready``."""
         s = self.settings
-
-        def build() -> StreamingEngine:
-            import torch
-
-            from streamd.models import UNTRAINED_WARNING, is_untrained, prepare_model
-
-            if s.threads:
-                torch.set_num_threads(s.threads)
-            started = time.monotonic()
-            model = prepare_model(s.model, s.device, s.dtype, s.decoder_cuda_graphs, s.encoder_cuda_graphs)
-            if is_untrained(model):
-                log.warning(UNTRAINED_WARNING)
-            log.info("model loaded", seconds=round(time.monotonic() - started, 1))
-            engine = StreamingEngine(model, max_batch=s.max_batch, max_streams=s.max_sessions)
-            log.info("engine built", seconds=round(time.monotonic() - started, 1))
-            return engine
-
-        engine = await self.runner.start(build, s.warmup_batch, self._device_failed, s.load_log_interval_s,
-                                         s.batch_window_ms / 1000)
+        engine = await self.runner.start(partial(build_engine, s), s.warmup_batch, self._device_failed,
+                                         s.load_log_interval_s, s.batch_window_ms / 1000, s.engine_process)
         return ModelInfo.describe(Path(s.model).stem, engine.sample_rate, engine.att_context_sizes,
                                   engine.frame_s, s.default_chunk_ms)
 
@@ -177,6 +161,26 @@ class Server:
             return response
         self._admitted.add(connection)
         return None
+
+
+def build_engine(settings: ServeConfig) -> StreamingEngine:
+    """The server's engine, built where it will run (module level: it is pickled for
+    ``engine_process``)."""
+    import torch
+
+    from streamd.models import UNTRAINED_WARNING, is_untrained, prepare_model
+
+    s = settings
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    started = time.monotonic()
+    model = prepare_model(s.model, s.device, s.dtype, s.decoder_cuda_graphs, s.encoder_cuda_graphs)
+    if is_untrained(model):
+        log.warning(UNTRAINED_WARNING)
+    log.info("model loaded", seconds=round(time.monotonic() - started, 1))
+    engine = StreamingEngine(model, max_batch=s.max_batch, max_streams=s.max_sessions)
+    log.info("engine built", seconds=round(time.monotonic() - started, 1))
+    return engine
 
 
 def _listen_backlog(max_sessions: int) -> int:

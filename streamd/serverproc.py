@@ -6,6 +6,7 @@ operator would: ``key=value`` overrides, ready when ``/readyz`` answers 200, SIG
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -49,19 +50,34 @@ class ServerProcess:
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text()[-chars:]
 
+    def pids(self) -> list[int]:
+        """The server process and its descendants (``engine_process=true`` runs the engine in a
+        child; Linux ``/proc``)."""
+        found, index = [self.process.pid], 0
+        while index < len(found):
+            for task in _tasks(found[index]):
+                with contextlib.suppress(FileNotFoundError):  # the thread or process ended
+                    found += [int(pid) for pid in (task / "children").read_text().split()]
+            index += 1
+        return found
+
     def rss_bytes(self) -> int:
-        """The server process's resident memory (Linux ``/proc``)."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("VmRSS not found")
+        """Resident memory summed over the server's processes (Linux ``/proc``)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except FileNotFoundError:  # the process ended
+                continue
+            total += sum(int(line.split()[1]) * 1024 for line in lines if line.startswith("VmRSS:"))
+        return total
 
     def cpu_seconds(self) -> tuple[float, float]:
         """CPU time (user + system) of the server's main thread, which runs the event loop, and of
-        all its other threads together (Linux ``/proc``)."""
+        all its other threads and processes together (Linux ``/proc``)."""
         tick = os.sysconf("SC_CLK_TCK")
         main = others = 0.0
-        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+        for task in (task for pid in self.pids() for task in _tasks(pid)):
             try:
                 # Fields after the command name, which is in parentheses and may hold spaces.
                 fields = (task / "stat").read_text().rpartition(")")[2].split()
@@ -75,18 +91,17 @@ class ServerProcess:
         return main, others
 
     def gpu_bytes(self) -> int | None:
-        """GPU memory the server process holds, from ``nvidia-smi``; None without an NVIDIA GPU."""
+        """GPU memory the server's processes hold, from ``nvidia-smi``; None without an NVIDIA GPU."""
         try:
             listing = subprocess.run(
                 ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
                 capture_output=True, text=True, timeout=10, check=True).stdout
         except (OSError, subprocess.SubprocessError):
             return None
-        for line in listing.splitlines():
-            pid, _, mib = line.partition(",")
-            if pid.strip() == str(self.process.pid):
-                return int(mib) * 1024 * 1024
-        return None
+        pids = {str(pid) for pid in self.pids()}
+        rows = (line.partition(",") for line in listing.splitlines())
+        held = [int(mib) for pid, _, mib in rows if pid.strip() in pids]
+        return sum(held) * 1024 * 1024 if held else None
 
     def wait_idle(self, timeout: float = 30) -> None:
         """Until no session is open (closed connections free their slot once the TCP close ends)."""
@@ -106,6 +121,14 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def _tasks(pid: int) -> list[Path]:
+    """The threads of process ``pid`` (none once it ended)."""
+    try:
+        return list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return []
 
 
 def free_port() -> int:

@@ -23,8 +23,9 @@ from websockets.exceptions import ConnectionClosed
 from streamd import protocol
 from streamd.audio import AudioError, PcmFormat, StreamResampler
 from streamd.config import ServeConfig
-from streamd.engine.runner import Delivery, EngineFailure, EngineRunner
+from streamd.engine.runner import Delivery, EngineRunner
 from streamd.engine.stream import StreamOptions
+from streamd.engine.worker import EngineFailure
 from streamd.log import get_logger
 from streamd.protocol import ErrorCode, ModelInfo, ProtocolError, SessionConfig
 

@@ -579,9 +579,11 @@ def test_warm_up_batches_warmup_batch_streams_per_chunk_size(server: ServerProce
 
 
 # ---------------------------------------------------------------------- shutdown
+@pytest.mark.parametrize("engine_process", [False, True], ids=["engine-thread", "engine-process"])
 def test_sigterm_sends_every_session_its_final_and_done(tone_model_path: Path, tmp_path: Path,
-                                                       rng: np.random.Generator):
-    server = start_server(tone_model_path, tmp_path / "server.log")
+                                                       rng: np.random.Generator, engine_process: bool):
+    server = start_server(tone_model_path, tmp_path / "server.log", engine_process=engine_process)
+    engine_pid = engine_process_pid(server) if engine_process else None
     sequences = letters_sequence(rng, 4)
 
     async def session(sequence: tones.ToneSequence, chunk_ms: int, audio_sent: asyncio.Event
@@ -614,6 +616,92 @@ def test_sigterm_sends_every_session_its_final_and_done(tone_model_path: Path, t
         assert [(f["text"], f["reason"]) for f in finals] == [(sequence.text, "shutdown")]
         assert [m["type"] for m in messages[-2:]] == ["done", "error"]
         assert messages[-1]["code"] == "shutting_down" and close_code == 1001
+    if engine_pid is not None:  # the server ended its engine process on the way out
+        assert not running(engine_pid)
+
+
+# ---------------------------------------------------------------------- the engine in its own process
+def engine_process_pid(server: ServerProcess) -> int:
+    """The engine process's pid, as the server logged it; checks it is the server's child."""
+    started = [r for r in log_records(server.log_tail(1_000_000)) if r["event"] == "engine process started"]
+    assert len(started) == 1, server.log_tail()
+    assert started[0]["pid"] in server.pids()[1:]
+    return started[0]["pid"]
+
+
+def running(pid: int, wait_s: float = 15) -> bool:
+    """Whether process ``pid`` still runs after up to ``wait_s`` (a zombie counts as ended)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            return False
+        if state in ("Z", "X"):
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.1)
+
+
+def test_a_killed_engine_process_ends_every_session_with_internal_error_and_the_server_exits_1(
+        tone_model_path: Path, tmp_path: Path, rng: np.random.Generator):
+    """A crash in native code or the kernel's OOM killer takes the engine's process, not the
+    server's: every session is told (1011), and the server exits 1 for its supervisor."""
+    server = start_server(tone_model_path, tmp_path / "server.log", engine_process=True)
+    engine_pid = engine_process_pid(server)
+    sequences = letters_sequence(rng, 2)
+
+    async def session(sequence: tones.ToneSequence, audio_sent: asyncio.Event) -> tuple[Messages, int | None]:
+        async with connect(server.url) as ws:
+            await ws.send(protocol.config(chunk_ms=160))
+            for chunk in tone_pcm(sequence).chunks(80):
+                await ws.send(chunk)
+            audio_sent.set()
+            messages: Messages = []  # no eof: the stream stays open
+            with contextlib.suppress(ConnectionClosed):  # 1011 ends the iteration with an error
+                async for text in ws:
+                    messages.append(json.loads(text))
+        return messages, ws.close_code
+
+    async def scenario() -> list[tuple[Messages, int | None]]:
+        sent = [asyncio.Event() for _ in sequences]
+        tasks = [asyncio.create_task(session(seq, event)) for seq, event in zip(sequences, sent, strict=True)]
+        for event in sent:
+            await event.wait()
+        await asyncio.sleep(1.0)  # the server has read the audio; the streams are open
+        os.kill(engine_pid, signal.SIGKILL)
+        return await asyncio.wait_for(asyncio.gather(*tasks), 60)
+
+    try:
+        outcomes = asyncio.run(scenario())
+        assert server.process.wait(60) == 1, server.log_tail()
+    finally:
+        server.stop()
+    for messages, close_code in outcomes:
+        assert (messages[-1]["type"], messages[-1]["code"], close_code) == ("error", "internal_error", 1011)
+    records = log_records(server.log_tail(100_000))
+    stopping = [r for r in records if r["event"] == "device failed; stopping"]
+    assert len(stopping) == 1 and "killed by SIGKILL" in stopping[0]["reason"], server.log_tail()
+    assert [r["outcome"] for r in records if r["event"] == "session closed"] == ["internal_error"] * 2
+
+
+def test_the_engine_process_ends_when_the_server_is_killed(tone_model_path: Path, tmp_path: Path):
+    """A server killed outright leaves no engine process behind holding the device's memory."""
+    server = start_server(tone_model_path, tmp_path / "server.log", engine_process=True)
+    engine_pid = engine_process_pid(server)
+    server.process.kill()
+    server.process.wait()
+    assert not running(engine_pid)
+
+
+def test_a_model_that_fails_to_load_in_the_engine_process_stops_the_server_with_the_reason(tmp_path: Path):
+    not_a_model = tmp_path / "broken.nemo"
+    not_a_model.write_bytes(b"not a tar archive")
+    with pytest.raises(ServerStartError, match="server exited with 1") as failure:
+        start_server(not_a_model, tmp_path / "server.log", engine_process=True)
+    # The engine process's exception crossed the pipe: the same reason as with the engine on a thread.
+    assert "startup failed" in str(failure.value) and f"ModelLoadError: cannot load {not_a_model}" in str(failure.value)
 
 
 # ---------------------------------------------------------------------- latency client

@@ -94,6 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     server.add_argument("--max-batch", type=int, default=64, help="the server's max_batch (default 64)")
     server.add_argument("--batch-window-ms", type=float, default=0.0,
                         help="the server's batch_window_ms (default 0: step at once)")
+    server.add_argument("--engine-process", action="store_true",
+                        help="the server runs its engine in a child process (engine_process=true)")
     server.add_argument("--server-log-dir", type=Path,
                         help="keep each scenario's server log here (default: temporary; errors quote its tail)")
     server.add_argument("--soak-minutes", type=float, default=10.0, help="open/close soak length (default 10)")
@@ -224,7 +226,7 @@ def run_server_bench(args: argparse.Namespace) -> int:
             return 2
     settings = {"threads": args.threads, "device": args.device, "dtype": args.dtype,
                 "decoder_cuda_graphs": args.decoder_cuda_graphs, "encoder_cuda_graphs": args.encoder_cuda_graphs,
-                "batch_window_ms": args.batch_window_ms}
+                "batch_window_ms": args.batch_window_ms, "engine_process": args.engine_process}
     results: list[dict[str, Any]] = []
     tables = []
     if "overhead" in args.scenarios:
