@@ -25,6 +25,7 @@
 #      threads' stacks; then the probe runs again with NeMo's CUDA-graph decoder off, on the CPU,
 #      and on the CPU with a CUDA context in the process (or, if the CPU server is silent too, a
 #      bare websockets server), to tell the GPU set-up's part, and the capacity runs are skipped).
+#      Then 160 ms once more with the engine in its own process (engine_process=true).
 #   4. engine ceiling in DTYPE with the encoder's CUDA graphs off and on, then the RNNT decoder's
 #      off too (tokens/s column); if "on" fails, last once more with CUDA_LAUNCH_BLOCKING=1 (the
 #      failing operation)
@@ -44,6 +45,7 @@ ENGINE_STREAMS="${ENGINE_STREAMS:-64,512}"
 ENGINE_SECONDS="${ENGINE_SECONDS:-4}"
 RAMP_160="${RAMP_160:-200,410,520,640}"
 RAMP_1120="${RAMP_1120:-800,1510,2000,2500}"
+RAMP_160_PROCESS="${RAMP_160_PROCESS:-410,520,640}"
 CAPACITY_SECONDS="${CAPACITY_SECONDS:-8}"
 MAX_BATCH_160="${MAX_BATCH_160:-1024}"
 MAX_BATCH_1120="${MAX_BATCH_1120:-2048}"
@@ -97,12 +99,14 @@ stage model 240 "${STREAMD[@]}" model create --arch "$ARCH" ${TOKENS_PER_SECOND:
     --out "$MODEL" || exit 1
 grep -a '^{"out"' "$OUT/model.log"  # the calibration per chunk size
 
-capacity() {  # capacity CHUNK_MS RAMP MAX_BATCH: one run per chunk size, so that a run cut short leaves the others'
-    stage "capacity-$1" 240 "${STREAMD[@]}" bench server --model "$MODEL" "${ON_DEVICE[@]}" \
-        --scenarios capacity --chunk-ms "$1" --ramp "$2" \
-        --max-batch "$3" --frame-ms chunk --no-aligned --no-ceiling --seconds "$CAPACITY_SECONDS" \
-        --client-processes "$CLIENT_PROCESSES" \
-        --server-log-dir "$OUT" --out "$OUT/capacity-$1.json" --markdown "$OUT/tables.md"
+capacity() {  # capacity NAME CHUNK_MS RAMP MAX_BATCH [FLAGS...]: one run per stage, so that a run cut short leaves the others'
+    local name="$1" chunk_ms="$2" ramp="$3" max_batch="$4"
+    shift 4
+    stage "capacity-$name" 240 "${STREAMD[@]}" bench server --model "$MODEL" "${ON_DEVICE[@]}" \
+        --scenarios capacity --chunk-ms "$chunk_ms" --ramp "$ramp" \
+        --max-batch "$max_batch" --frame-ms chunk --no-aligned --no-ceiling --seconds "$CAPACITY_SECONDS" \
+        --client-processes "$CLIENT_PROCESSES" "$@" \
+        --server-log-dir "$OUT/server-logs-$name" --out "$OUT/capacity-$name.json" --markdown "$OUT/tables.md"
 }
 probe() {  # probe NAME DEVICE [serve_probe option or key=value...]: does a server turn ready and answer?
     local name="$1" device="$2"
@@ -115,8 +119,11 @@ probe() {  # probe NAME DEVICE [serve_probe option or key=value...]: does a serv
     return $status
 }
 if probe "$DEVICE" "$DEVICE"; then
-    capacity 160 "$RAMP_160" "$MAX_BATCH_160"
-    capacity 1120 "$RAMP_1120" "$MAX_BATCH_1120"
+    capacity 160 160 "$RAMP_160" "$MAX_BATCH_160"
+    capacity 1120 1120 "$RAMP_1120" "$MAX_BATCH_1120"
+    # The engine in its own process (own GIL) against the thread above: where the server's Python,
+    # not the GPU, was the limit (H100, 2026-11-27), this is the lever.
+    capacity 160-engine-process 160 "$RAMP_160_PROCESS" "$MAX_BATCH_160" --engine-process
 else  # which part of the GPU set-up stops it answering: NeMo's CUDA-graph decoder, the model on the
       # device, or a CUDA context in the process at all?
     probe "$DEVICE-decoder-graphs-off" "$DEVICE" decoder_cuda_graphs=false

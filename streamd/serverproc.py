@@ -61,6 +61,13 @@ class ServerProcess:
             index += 1
         return found
 
+    def engine_pid(self) -> int | None:
+        """The pid the server logged in ``engine process started`` (``engine_process=true``)."""
+        for line in self.log_path.read_text().splitlines():
+            if '"engine process started"' in line:
+                return int(json.loads(line)["pid"])
+        return None
+
     def rss_bytes(self) -> int:
         """Resident memory summed over the server's processes (Linux ``/proc``)."""
         total = 0
@@ -174,6 +181,9 @@ def start_server(model: str | Path, log_path: Path, ready_timeout_s: float = 300
                 answer = repr(exc)
             if time.monotonic() > deadline:
                 process.send_signal(signal.SIGUSR1)  # its threads' stacks go to the log
+                if (engine_pid := server.engine_pid()) is not None:  # and the engine process's
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(engine_pid, signal.SIGUSR1)
                 time.sleep(1)
                 raise ServerStartError(f"server not ready after {ready_timeout_s} s (last /readyz answer: "
                                        f"{answer}); its threads' stacks end the log:\n{server.log_tail(12000)}")

@@ -583,7 +583,14 @@ def test_warm_up_batches_warmup_batch_streams_per_chunk_size(server: ServerProce
 def test_sigterm_sends_every_session_its_final_and_done(tone_model_path: Path, tmp_path: Path,
                                                        rng: np.random.Generator, engine_process: bool):
     server = start_server(tone_model_path, tmp_path / "server.log", engine_process=engine_process)
-    engine_pid = engine_process_pid(server) if engine_process else None
+    engine_pid = None
+    if engine_process:  # its SIGUSR1 dumps its own stacks (its loop waits on the pipe) and it carries on
+        engine_pid = engine_process_pid(server)
+        os.kill(engine_pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while "in serve_worker" not in server.log_tail(100_000):
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.1)
     sequences = letters_sequence(rng, 4)
 
     async def session(sequence: tones.ToneSequence, chunk_ms: int, audio_sent: asyncio.Event
@@ -623,10 +630,9 @@ def test_sigterm_sends_every_session_its_final_and_done(tone_model_path: Path, t
 # ---------------------------------------------------------------------- the engine in its own process
 def engine_process_pid(server: ServerProcess) -> int:
     """The engine process's pid, as the server logged it; checks it is the server's child."""
-    started = [r for r in log_records(server.log_tail(1_000_000)) if r["event"] == "engine process started"]
-    assert len(started) == 1, server.log_tail()
-    assert started[0]["pid"] in server.pids()[1:]
-    return started[0]["pid"]
+    pid = server.engine_pid()
+    assert pid is not None and pid in server.pids()[1:], server.log_tail()
+    return pid
 
 
 def running(pid: int, wait_s: float = 15) -> bool:
