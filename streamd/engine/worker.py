@@ -29,6 +29,7 @@ WARMUP_SECONDS = 2.0  # longer than the first chunk of the largest chunk size
 
 # A session's command for its stream: the StreamingEngine method's name, the stream, its other arguments.
 Command = tuple[str, int, tuple[Any, ...]]
+COMMAND_CALLS = frozenset({"open", "cycle"})  # the EngineWorker calls whose last argument is a list[Command]
 
 
 def freeze_long_lived_objects() -> None:

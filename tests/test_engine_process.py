@@ -1,0 +1,36 @@
+"""The engine process's shared audio buffer, both ends in this process (the server tests run the
+whole engine process: tests/test_server.py)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from streamd.engine.engine_process import MIN_AUDIO_BUFFER_BYTES, AudioIn, AudioOut
+
+
+def test_pushed_samples_arrive_intact_across_calls_and_buffer_growth():
+    rng = np.random.default_rng(0)
+    out, into = AudioOut(), AudioIn()
+    big = MIN_AUDIO_BUFFER_BYTES // 4 + 1000  # one frame larger than the first buffer: it must grow
+    calls = [[160, 2560, 17920], [big, 3], [2560] * 40, []]
+    grew = []
+    for lengths in calls:
+        frames = [rng.standard_normal(n).astype(np.float32) for n in lengths]
+        commands = [("push_audio", i, (frame,)) for i, frame in enumerate(frames)]
+        commands.insert(1, ("end_stream", 99, ()))  # other commands pass through, in order
+        packed, new_fd = out.pack(commands)
+        grew.append(new_fd is not None)
+        if new_fd is not None:
+            into.attach(os.dup(new_fd))
+            os.close(new_fd)
+        assert all(isinstance(arg, int) for method, _, args in packed if method == "push_audio" for arg in args)
+        received = into.unpack(packed)
+        assert [(method, stream_id) for method, stream_id, _ in received] == [(m, s) for m, s, _ in commands]
+        for (method, _, args), (_, _, sent) in zip(received, commands, strict=True):
+            if method == "push_audio":
+                np.testing.assert_array_equal(args[0], sent[0])
+            else:
+                assert args == sent
+    assert grew == [True, True, False, False]
