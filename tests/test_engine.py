@@ -264,18 +264,21 @@ def test_a_transcript_fault_drops_only_its_stream(tone_model, rng, monkeypatch):
     assert not engine.contexts.streamidx2slotidx, "every cache slot is free again, the dropped stream's too"
 
 
-def test_empty_and_tiny_audio_give_an_empty_final(tone_model):
+@pytest.mark.parametrize("finalize", [False, True], ids=["end", "finalize-then-end"])
+def test_empty_and_tiny_audio_give_one_empty_final(tone_model, finalize):
     engine = StreamingEngine(tone_model, max_streams=2)
     empty = engine.open_stream(StreamOptions(att_context_size=(70, 0)))
     tiny = engine.open_stream(StreamOptions(att_context_size=(70, 0)))
     engine.push_audio(tiny, np.zeros(100, np.float32))  # less than one feature frame
-    engine.end_stream(empty)
-    engine.end_stream(tiny)
+    for stream_id in (empty, tiny):
+        if finalize:  # a finalize and the end in one step: the end's final is the only one
+            engine.finalize(stream_id)
+        engine.end_stream(stream_id)
     updates = {u.stream_id: u for u in engine.step()}
     for stream_id in (empty, tiny):
         assert updates[stream_id].finished
-        assert updates[stream_id].finals[-1].text == ""
-        assert updates[stream_id].finals[-1].reason == "eof"
+        assert [(f.text, f.reason) for f in updates[stream_id].finals] == [("", "eof")]
+    assert not engine.has_work() and not engine.streams
 
 
 def test_unsupported_att_context_size_is_a_clear_error(tone_model):

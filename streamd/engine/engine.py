@@ -276,13 +276,17 @@ class StreamingEngine:
             self._run_in_parts("model call", group, model_call, updates, att_context_size=list(size))
         stats.streams = sum(len(g) for g in groups.values())
 
-        # 3. utterance ends: end of stream, forced finalize, endpoint
+        # 3. utterance ends: end of stream, forced finalize, endpoint. Only streams this step
+        # touched (or asked to finalize) can have one: the rest have no new frame or token.
         now = time.monotonic()
         for stream in ready:
             stream.waiting_since = now
-        for stream in list(self.streams.values()):
+        ending = {s.stream_id for s in ending_without_audio}
+        touched = [s for s in self.streams.values()
+                   if s.stream_id in updates or s.stream_id in ending or s.finalize_requested]
+        for stream in touched:
             try:
-                self._update_transcript(stream, stream in ending_without_audio, updates)
+                self._update_transcript(stream, stream.stream_id in ending, updates)
             except Exception as exc:  # a bug in one stream's bookkeeping: that stream only
                 log.exception("transcript update failed; dropping the stream", stream_id=stream.stream_id)
                 self._drop(stream, exc, updates)
