@@ -52,21 +52,18 @@ class ServerProcess:
 
     def pids(self) -> list[int]:
         """The server process and its descendants (``engine_process=true`` runs the engine in a
-        child; Linux ``/proc``)."""
+        child), from every process's parent in Linux ``/proc`` (``task/*/children`` is not on
+        every kernel or sandbox)."""
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):  # the process ended
+                parent = int(stat.read_text().rpartition(")")[2].split()[1])
+                children.setdefault(parent, []).append(int(stat.parent.name))
         found, index = [self.process.pid], 0
         while index < len(found):
-            for task in _tasks(found[index]):
-                with contextlib.suppress(FileNotFoundError):  # the thread or process ended
-                    found += [int(pid) for pid in (task / "children").read_text().split()]
+            found += children.get(found[index], [])
             index += 1
         return found
-
-    def engine_pid(self) -> int | None:
-        """The pid the server logged in ``engine process started`` (``engine_process=true``)."""
-        for line in self.log_path.read_text().splitlines():
-            if '"engine process started"' in line:
-                return int(json.loads(line)["pid"])
-        return None
 
     def rss_bytes(self) -> int:
         """Resident memory summed over the server's processes (Linux ``/proc``)."""
