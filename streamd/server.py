@@ -44,19 +44,18 @@ FRAME_LIMIT_FACTOR = 4
 class Server:
     """Admission, probes, sessions and shutdown around one :class:`EngineRunner`."""
 
-    def __init__(self, settings: ServeConfig) -> None:
+    def __init__(self, settings: ServeConfig, stop: asyncio.Event) -> None:
         self.settings = settings
         self.runner = EngineRunner()
         self.state = "loading"  # -> ready -> draining, or -> failed
         self.model: ModelInfo | None = None
-        self._stop = asyncio.Event()
+        self._stop = stop  # set by SIGTERM/SIGINT, or by a failed device
         self._admitted: set[ServerConnection] = set()
         self._sessions: dict[Session, asyncio.Task[None]] = {}
 
-    async def run(self, stop: asyncio.Event) -> int:
-        """Serve until ``stop`` is set (or the device fails); return the exit code."""
+    async def run(self) -> int:
+        """Serve until the stop event is set (SIGTERM/SIGINT, or a failed device); return the exit code."""
         s = self.settings
-        self._stop = stop
         open_files, wanted = raise_open_files_limit(s.max_sessions)
         if open_files < wanted:
             log.warning("open-files limit below max_sessions; connections beyond it will fail",
@@ -69,7 +68,7 @@ class Server:
                              compression=None, backlog=_listen_backlog(s.max_sessions)) as ws_server:
                 port = next(iter(ws_server.sockets)).getsockname()[1]
                 log.info("listening", host=s.host, port=port)
-                stopping = asyncio.ensure_future(stop.wait())
+                stopping = asyncio.ensure_future(self._stop.wait())
                 loading = asyncio.ensure_future(self._load())
                 await asyncio.wait({stopping, loading}, return_when=asyncio.FIRST_COMPLETED)
                 if not loading.done():
@@ -205,4 +204,4 @@ async def run_server(settings: ServeConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    return await Server(settings).run(stop)
+    return await Server(settings, stop).run()
