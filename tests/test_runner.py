@@ -1,9 +1,10 @@
-"""EngineRunner (the asyncio side of the engine's worker thread) with the real tone model."""
+"""EngineRunner (the event loop's side of the engine's worker) with the real tone model."""
 
 from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from streamd import tones
@@ -88,3 +89,45 @@ def test_the_objects_alive_after_the_warm_up_are_left_out_of_garbage_collection(
     finally:
         gc.unfreeze()
     assert frozen > 10 * collectable, (frozen, collectable)
+
+
+def test_commands_a_session_sends_after_its_stream_failed_are_dropped_quietly(tone_model, rng, monkeypatch):
+    """A session sends on until it has read its failure; the engine would log each later command
+    as another failure (a command for no open stream)."""
+    from structlog.testing import capture_logs
+
+    from streamd.engine.engine import StreamingEngine
+    from streamd.engine.runner import EngineFailure, EngineRunner
+    from streamd.engine.stream import StreamOptions
+
+    push_audio = StreamingEngine.push_audio
+
+    def push_audio_or_fail(self, stream_id, samples):
+        if (samples == -1.0).any():
+            raise RuntimeError("injected engine fault")
+        push_audio(self, stream_id, samples)
+
+    monkeypatch.setattr(StreamingEngine, "push_audio", push_audio_or_fail)
+    audio = tones.synthesize("abc", rng).audio
+
+    async def scenario() -> None:
+        runner = EngineRunner()
+        await runner.start(lambda: StreamingEngine(tone_model, max_batch=4, max_streams=4))
+        failing: asyncio.Queue = asyncio.Queue()
+        stream_id = await runner.open(StreamOptions(att_context_size=(70, 1)), failing)
+        runner.push(stream_id, np.full(1280, -1.0, np.float32))
+        assert isinstance(await asyncio.wait_for(failing.get(), 30), EngineFailure)
+        runner.push(stream_id, audio)  # sent before the session read its failure
+        runner.end(stream_id)
+        other: asyncio.Queue = asyncio.Queue()  # a healthy stream keeps the engine cycling to its end
+        other_id = await runner.open(StreamOptions(att_context_size=(70, 1)), other)
+        runner.push(other_id, audio)
+        runner.end(other_id)
+        while not (delivery := await asyncio.wait_for(other.get(), 30)).update.finished:
+            pass
+        assert delivery.update.finals[-1].text == "a b c"
+        await runner.stop()
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    assert [entry["event"] for entry in logs].count("engine command failed") == 1

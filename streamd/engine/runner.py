@@ -119,7 +119,11 @@ class EngineRunner:
         self._wake.set()
 
     def _take_inbox(self) -> list[Command]:
-        commands, self._inbox = self._inbox, []
+        """The queued commands, less those for streams already gone (failed, or finished): a
+        session sends on until it has read its failure, and the engine would refuse each as a
+        command for no open stream."""
+        commands = [c for c in self._inbox if c[1] in self._sinks or c[0] == "close_stream"]
+        self._inbox = []
         return commands
 
     def push(self, stream_id: int, samples: np.ndarray) -> None:
