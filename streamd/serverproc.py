@@ -65,6 +65,13 @@ class ServerProcess:
             index += 1
         return found
 
+    def engine_pid(self) -> int | None:
+        """The pid the server logged in ``engine process started`` (``engine_process=true``)."""
+        for line in self.log_path.read_text().splitlines():
+            if '"engine process started"' in line:
+                return int(json.loads(line)["pid"])
+        return None
+
     def rss_bytes(self) -> int:
         """Resident memory summed over the server's processes (Linux ``/proc``)."""
         total = 0
