@@ -692,6 +692,19 @@ def test_a_killed_engine_process_ends_every_session_with_internal_error_and_the_
     assert [r["outcome"] for r in records if r["event"] == "session closed"] == ["internal_error"] * 2
 
 
+def test_an_idle_server_whose_engine_process_died_exits_1(tone_model_path: Path, tmp_path: Path):
+    """With no session to notice, the server still learns its engine is gone, rather than stay
+    ready and fail every session that comes."""
+    server = start_server(tone_model_path, tmp_path / "server.log", engine_process=True)
+    try:
+        os.kill(engine_process_pid(server), signal.SIGKILL)
+        assert server.process.wait(30) == 1, server.log_tail()
+    finally:
+        server.stop()
+    stopping = [r for r in log_records(server.log_tail(100_000)) if r["event"] == "device failed; stopping"]
+    assert len(stopping) == 1 and "killed by SIGKILL" in stopping[0]["reason"], server.log_tail()
+
+
 def test_the_engine_process_ends_when_the_server_is_killed(tone_model_path: Path, tmp_path: Path):
     """A server killed outright leaves no engine process behind holding the device's memory."""
     server = start_server(tone_model_path, tmp_path / "server.log", engine_process=True)

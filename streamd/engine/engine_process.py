@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
@@ -122,7 +123,21 @@ class ProcessWorker:
         # Calls go out one at a time, in order, from this thread (which waits on the pipe without the GIL).
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="streamd-engine-pipe")
         self._audio = AudioOut()
+        self._unwatch: Callable[[], object] = lambda: None
         log.info("engine process started", pid=self._process.pid)
+
+    def on_exit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the event loop once the child has exited (watched from now on, so
+        that a server with no session to notice it still learns that its engine is gone)."""
+        loop = asyncio.get_running_loop()
+        sentinel = self._process.sentinel
+
+        def exited() -> None:
+            loop.remove_reader(sentinel)  # readable from now on
+            callback()
+
+        loop.add_reader(sentinel, exited)
+        self._unwatch = lambda: loop.remove_reader(sentinel)
 
     async def call(self, method: str, *args: Any) -> Any:
         """``EngineWorker.method(*args)`` in the child; raises what it raised there."""
@@ -159,6 +174,7 @@ class ProcessWorker:
 
     async def stop(self) -> None:
         """Let the call in flight finish, end the child (killing it after ``STOP_TIMEOUT_S``)."""
+        self._unwatch()
         await asyncio.get_running_loop().run_in_executor(None, self._shut_down)
 
     def _shut_down(self) -> None:

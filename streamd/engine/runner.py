@@ -43,6 +43,8 @@ class Worker(Protocol):
 
     async def call(self, method: str, *args: Any) -> Any: ...
 
+    def on_exit(self, callback: Callable[[], None]) -> None: ...
+
     async def stop(self) -> None: ...
 
 
@@ -55,6 +57,9 @@ class ThreadWorker:
 
     async def call(self, method: str, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, getattr(self._worker, method), *args)
+
+    def on_exit(self, callback: Callable[[], None]) -> None:
+        """Nothing to watch: a thread does not end on its own (a failure surfaces in a call)."""
 
     async def stop(self) -> None:
         """Let the worker thread finish what it is doing."""
@@ -91,6 +96,7 @@ class EngineRunner:
         self._worker = ProcessWorker() if engine_process else ThreadWorker()
         facts: EngineFacts = await self._worker.call("start", build, warmup_batch, load_log_interval_s)
         freeze_long_lived_objects()  # this process's own: the worker froze the engine's side
+        self._worker.on_exit(self._wake.set)  # the pump's next call then reports the engine gone
         self._batch_window_s = batch_window_s
         self._pump_task = asyncio.create_task(self._pump(), name="engine-pump")
         return facts
