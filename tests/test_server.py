@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -579,6 +579,35 @@ def test_warm_up_batches_warmup_batch_streams_per_chunk_size(server: ServerProce
 
 
 # ---------------------------------------------------------------------- shutdown
+async def open_streams_then(url: str, streams: list[tuple[tones.ToneSequence, int]], settle_s: float,
+                            act: Callable[[], object]) -> list[tuple[Messages, int | None]]:
+    """One session per (sequence, chunk_ms) sends its audio and no eof, so its stream stays open;
+    once all have sent everything and ``settle_s`` passed (the server has read it), ``act()``;
+    then each session's messages until the server closes it, and its close code."""
+
+    async def session(sequence: tones.ToneSequence, chunk_ms: int, audio_sent: asyncio.Event
+                      ) -> tuple[Messages, int | None]:
+        async with connect(url) as ws:
+            await ws.send(protocol.config(chunk_ms=chunk_ms))
+            for chunk in tone_pcm(sequence).chunks(80):
+                await ws.send(chunk)
+            audio_sent.set()
+            messages: Messages = []
+            with contextlib.suppress(ConnectionClosed):  # a 1011 close ends the iteration with an error
+                async for text in ws:
+                    messages.append(json.loads(text))
+        return messages, ws.close_code
+
+    sent = [asyncio.Event() for _ in streams]
+    tasks = [asyncio.create_task(session(seq, chunk_ms, event))
+             for (seq, chunk_ms), event in zip(streams, sent, strict=True)]
+    for event in sent:
+        await event.wait()
+    await asyncio.sleep(settle_s)
+    act()
+    return await asyncio.wait_for(asyncio.gather(*tasks), 90)
+
+
 @pytest.mark.parametrize("engine_process", [False, True], ids=["engine-thread", "engine-process"])
 def test_sigterm_sends_every_session_its_final_and_done(tone_model_path: Path, tmp_path: Path,
                                                        rng: np.random.Generator, engine_process: bool):
@@ -593,28 +622,9 @@ def test_sigterm_sends_every_session_its_final_and_done(tone_model_path: Path, t
             time.sleep(0.1)
     sequences = letters_sequence(rng, 4)
 
-    async def session(sequence: tones.ToneSequence, chunk_ms: int, audio_sent: asyncio.Event
-                      ) -> tuple[list[dict[str, Any]], int | None]:
-        async with connect(server.url) as ws:
-            await ws.send(protocol.config(chunk_ms=chunk_ms))
-            for chunk in tone_pcm(sequence).chunks(80):
-                await ws.send(chunk)
-            audio_sent.set()
-            messages = [json.loads(text) async for text in ws]  # no eof: the server ends it
-        return messages, ws.close_code
-
-    async def scenario() -> list[tuple[list[dict[str, Any]], int | None]]:
-        sent = [asyncio.Event() for _ in sequences]
-        tasks = [asyncio.create_task(session(seq, chunk, event))
-                 for seq, chunk, event in zip(sequences, CHUNKS_MS, sent, strict=True)]
-        for event in sent:
-            await event.wait()
-        await asyncio.sleep(2.0)  # every frame is read by the server
-        server.process.send_signal(signal.SIGTERM)
-        return await asyncio.gather(*tasks)
-
     try:
-        outcomes = asyncio.run(scenario())
+        outcomes = asyncio.run(open_streams_then(server.url, list(zip(sequences, CHUNKS_MS, strict=True)), 2.0,
+                                                 lambda: server.process.send_signal(signal.SIGTERM)))
         assert server.process.wait(90) == 0, server.log_tail()
     finally:
         server.stop()
@@ -658,29 +668,9 @@ def test_a_killed_engine_process_ends_every_session_with_internal_error_and_the_
     engine_pid = engine_process_pid(server)
     sequences = letters_sequence(rng, 2)
 
-    async def session(sequence: tones.ToneSequence, audio_sent: asyncio.Event) -> tuple[Messages, int | None]:
-        async with connect(server.url) as ws:
-            await ws.send(protocol.config(chunk_ms=160))
-            for chunk in tone_pcm(sequence).chunks(80):
-                await ws.send(chunk)
-            audio_sent.set()
-            messages: Messages = []  # no eof: the stream stays open
-            with contextlib.suppress(ConnectionClosed):  # 1011 ends the iteration with an error
-                async for text in ws:
-                    messages.append(json.loads(text))
-        return messages, ws.close_code
-
-    async def scenario() -> list[tuple[Messages, int | None]]:
-        sent = [asyncio.Event() for _ in sequences]
-        tasks = [asyncio.create_task(session(seq, event)) for seq, event in zip(sequences, sent, strict=True)]
-        for event in sent:
-            await event.wait()
-        await asyncio.sleep(1.0)  # the server has read the audio; the streams are open
-        os.kill(engine_pid, signal.SIGKILL)
-        return await asyncio.wait_for(asyncio.gather(*tasks), 60)
-
     try:
-        outcomes = asyncio.run(scenario())
+        outcomes = asyncio.run(open_streams_then(server.url, [(seq, 160) for seq in sequences], 1.0,
+                                                 lambda: os.kill(engine_pid, signal.SIGKILL)))
         assert server.process.wait(60) == 1, server.log_tail()
     finally:
         server.stop()
