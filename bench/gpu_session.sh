@@ -29,9 +29,15 @@
 #   4. engine ceiling in DTYPE with the encoder's CUDA graphs off and on, then the RNNT decoder's
 #      off too (tokens/s column); if "on" fails, last once more with CUDA_LAUNCH_BLOCKING=1 (the
 #      failing operation)
-#   5. with EXTRA=1: parity CPU fp32 vs DEVICE/DTYPE (tones, nemotron)
-# Environment: PY (default python3), DEVICE (cuda), DTYPE (bfloat16), the sizes below, and
-# PACK: a .tar.gz of OUTDIR rewritten after every stage (for runners that fetch few files).
+#   5. offline: untrained distil-large-v3 Whisper and MMS-300m aligner (`streamd model create-offline`:
+#      the real architectures' cost, no weights to download) timed in float32, bfloat16 and
+#      float16 on DEVICE; needs WHISPER_LIKE, a Whisper directory to take the tokenizer from
+#      (weights not needed: the tokenizer and config files of a converted tiny.en are 4 MB)
+#   6. with EXTRA=1: parity CPU fp32 vs DEVICE/DTYPE (tones, nemotron)
+# Environment: PY (default python3), DEVICE (cuda), DTYPE (bfloat16), the sizes below,
+# STAGES (which of "correctness capacity engine offline" to run; default all: a second, short call
+# can run what a first one's time limit cut), and PACK: a .tar.gz of OUTDIR rewritten after every
+# stage (for runners that fetch few files).
 set -uo pipefail
 OUT="${1:?usage: bench/gpu_session.sh OUTDIR [TONE_MODEL.nemo]}"
 TONES="${2:-}"
@@ -53,6 +59,9 @@ MAX_BATCH_1120="${MAX_BATCH_1120:-2048}"
 # core of the 2-core VM (64 streams of 80 ms frames at 1120 ms chunks); 600 streams at 160 ms
 # chunks are 3,750 a second each way.
 CLIENT_PROCESSES="${CLIENT_PROCESSES:-6}"
+STAGES="${STAGES:-correctness capacity engine offline}"
+WHISPER_LIKE="${WHISPER_LIKE:-}"
+OFFLINE_DTYPES="${OFFLINE_DTYPES:-float32 bfloat16 float16}"
 ENCODER_GRAPHS=on
 HERE="$(cd "$(dirname "$0")" && pwd)"
 mkdir -p "$OUT"
@@ -60,6 +69,7 @@ MODEL="$(mktemp -d)/model.nemo"
 trap 'rm -rf "$(dirname "$MODEL")"' EXIT
 STREAMD=("$PY" -m streamd --log-format json)
 ON_DEVICE=(--device "$DEVICE" --dtype "$DTYPE")
+want() { [[ " $STAGES " == *" $1 "* ]]; }
 
 stage() {  # stage NAME SECONDS COMMAND...: run with a limit, log to OUT/NAME.log, record the status
     local name="$1" limit="$2" started=$SECONDS status
@@ -74,11 +84,11 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a limit, log to OUT/NAME.lo
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/machine.txt"
-"$PY" -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__version__, torch.cuda.is_available())" \
+"$PY" -c "import sys, torch, transformers; print(sys.version.split()[0], 'torch', torch.__version__, torch.cuda.is_available(), 'transformers', transformers.__version__)" \
     | tee -a "$OUT/machine.txt"
 "${STREAMD[@]}" tones abcdefghabcdefgh --out "$OUT/tones.wav" --seed 1 >/dev/null || exit 1
 
-if [ -n "$TONES" ]; then
+if [ -n "$TONES" ] && want correctness; then
     # One process per dtype: a second .nemo load in a process that had run the engine failed
     # (2026-11-26) while NeMo's NVRTC helper overwrote CPython's shared b" " (now shimmed).
     for dtype in $DTYPES; do
@@ -95,9 +105,11 @@ if [ -n "$TONES" ]; then
     done
 fi
 
-stage model 240 "${STREAMD[@]}" model create --arch "$ARCH" ${TOKENS_PER_SECOND:+--tokens-per-second "$TOKENS_PER_SECOND"} \
-    --out "$MODEL" || exit 1
-grep -a '^{"out"' "$OUT/model.log"  # the calibration per chunk size
+if want capacity || want engine; then
+    stage model 240 "${STREAMD[@]}" model create --arch "$ARCH" ${TOKENS_PER_SECOND:+--tokens-per-second "$TOKENS_PER_SECOND"} \
+        --out "$MODEL" || exit 1
+    grep -a '^{"out"' "$OUT/model.log"  # the calibration per chunk size
+fi
 
 capacity() {  # capacity NAME CHUNK_MS RAMP MAX_BATCH [FLAGS...]: one run per stage, so that a run cut short leaves the others'
     local name="$1" chunk_ms="$2" ramp="$3" max_batch="$4"
@@ -118,7 +130,9 @@ probe() {  # probe NAME DEVICE [serve_probe option or key=value...]: does a serv
     tail -12 "$OUT/serve-probe-$name.log"
     return $status
 }
-if probe "$DEVICE" "$DEVICE"; then
+if ! want capacity; then
+    :
+elif probe "$DEVICE" "$DEVICE"; then
     capacity 160 160 "$RAMP_160" "$MAX_BATCH_160"
     capacity 1120 1120 "$RAMP_1120" "$MAX_BATCH_1120"
     # The engine in its own process (own GIL) against the thread above: where the server's Python,
@@ -140,17 +154,35 @@ engine() {  # engine NAME FLAGS...: the engine ceiling at 160 and 1120 ms
         --streams "$ENGINE_STREAMS" --chunk-ms 160,1120 --seconds "$ENGINE_SECONDS" \
         --no-sequential --out "$OUT/engine-$name.json" --markdown "$OUT/tables.md"
 }
-engine encoder-graphs-off --encoder-cuda-graphs off
-if [ "$ENCODER_GRAPHS" = on ]; then
-    engine encoder-graphs-on --encoder-cuda-graphs on || ENCODER_GRAPHS=failed
+if want engine; then
+    engine encoder-graphs-off --encoder-cuda-graphs off
+    if [ "$ENCODER_GRAPHS" = on ]; then
+        engine encoder-graphs-on --encoder-cuda-graphs on || ENCODER_GRAPHS=failed
+    fi
+    engine decoder-graphs-off --encoder-cuda-graphs off --decoder-cuda-graphs off
 fi
-engine decoder-graphs-off --encoder-cuda-graphs off --decoder-cuda-graphs off
 if [ "$ENCODER_GRAPHS" = failed ]; then
     # Where did it fail? With launches synchronous, the traceback names the failing operation
     # (2026-11-27: an illegal memory access after the buffers grew, 64 -> 512 streams).
     CUDA_LAUNCH_BLOCKING=1 stage engine-encoder-graphs-on-blocking 120 "${STREAMD[@]}" bench engine \
         --model "$MODEL" "${ON_DEVICE[@]}" --encoder-cuda-graphs on --streams 64,512 --chunk-ms 160 \
         --seconds 2 --no-sequential --out "$OUT/engine-encoder-graphs-on-blocking.json"
+fi
+if want offline && [ -z "$WHISPER_LIKE" ]; then
+    echo "offline stage skipped: set WHISPER_LIKE to a Whisper directory (tokenizer and config files)"
+elif want offline; then
+    OFFLINE="$(dirname "$MODEL")"  # removed at exit: 3 GB of Whisper, 1.3 GB of aligner in float32
+    sides=()
+    for dtype in $OFFLINE_DTYPES; do
+        sides+=(--side "device=$DEVICE,dtype=$dtype")
+    done
+    stage offline-whisper-model 120 "${STREAMD[@]}" model create-offline --arch whisper-distil-large-v3 \
+        --like "$WHISPER_LIKE" --out "$OFFLINE/whisper" \
+    && stage offline-aligner-model 120 "${STREAMD[@]}" model create-offline --arch mms-300m-aligner \
+        --out "$OFFLINE/aligner" \
+    && stage offline 240 "${STREAMD[@]}" bench offline --whisper "$OFFLINE/whisper" --aligner "$OFFLINE/aligner" \
+        --audio "$OUT/tones.wav" --transcript abcdefghabcdefgh "${sides[@]}" --out "$OUT/offline.json" \
+        --markdown "$OUT/tables.md"
 fi
 if [ "${EXTRA:-0}" = 1 ]; then
     [ -n "$TONES" ] && stage parity-tones 60 "${STREAMD[@]}" parity rnnt --model "$TONES" --audio "$OUT/tones.wav" \

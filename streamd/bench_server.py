@@ -192,27 +192,37 @@ def overhead(model: Any, model_path: str, size: tuple[int, int], streams: int, s
     Engine and server runs alternate (the server idles while the engine runs here), and the
     ratio is the median over the pairs: on a shared machine the speed of the same run drifts by
     tens of percent over minutes, and a pair measured back to back shares the same conditions.
+    Each server run also records the CPU time of the server's event loop, of its engine (its
+    other threads, or the engine process) and of the clients (this process), to show where a
+    gap comes from: the engine's own work slowed by sharing the machine, or the rest.
     """
     rng = np.random.default_rng(seed)
     chunk_ms = chunk_length_ms(size)
     audios = [tones.random_audio(rng, seconds) for _ in range(streams)]
     warm_up(model, size, rng)
     alone = run_engine(model, [audios[0]], size, max_batch=1)
-    engine_s, served_s = [], []
+    engine_s, served_s, loop_cpu, engine_cpu, client_cpu = [], [], [], [], []
     with serving(model_path, _log(log_dir, f"overhead-{chunk_ms}"), **settings, max_batch=streams,
                  max_sessions=streams + 1) as server:
         asyncio.run(_sessions(server.url, [tones.random_audio(rng, 2.0)], chunk_ms, False, chunk_ms))  # warm-up
         for _ in range(repeats):
             engine_s.append(run_engine(model, audios, size, max_batch=streams).compute_s)
-            started = time.perf_counter()
+            cpu_before, clients_before, started = server.cpu_seconds(), time.process_time(), time.perf_counter()
             asyncio.run(_sessions(server.url, audios, chunk_ms, False, chunk_ms))
             served_s.append(time.perf_counter() - started)
+            client_cpu.append(time.process_time() - clients_before)
+            loop, engine = (after - before for before, after in zip(cpu_before, server.cpu_seconds()))
+            loop_cpu.append(loop)
+            engine_cpu.append(engine)
         realtime = asyncio.run(_sessions(server.url, [audios[0]], chunk_ms, True, frame_ms))
     latency = percentiles(_update_latencies(realtime))
     return {
         "scenario": "overhead", "chunk_ms": chunk_ms, "streams": streams, "seconds": seconds,
         "engine_compute_s": [round(x, 3) for x in engine_s], "server_wall_s": [round(x, 3) for x in served_s],
         "throughput_ratio": round(float(np.median(np.array(engine_s) / np.array(served_s))), 3),
+        "server_loop_cpu_s": [round(x, 3) for x in loop_cpu],
+        "server_engine_cpu_s": [round(x, 3) for x in engine_cpu],
+        "client_cpu_s": [round(x, 3) for x in client_cpu],
         "engine_step_p50_s": round(alone.step_p50_ms / 1000, 4),
         "server_update_s": latency,
         "added_latency_p50_s": round(latency["p50"] - alone.step_p50_ms / 1000, 4) if latency["p50"] else None,
@@ -362,12 +372,15 @@ def _s(value: float | None) -> str:
 
 def overhead_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| chunk ms | streams | engine s (median) | server s (median) | server/engine throughput (median "
-             "of pairs) | engine step p50 ms | server update p50 / p99 ms | added p50 ms |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "of pairs) | server CPU s, engine / loop; clients CPU s (medians) | engine step p50 ms "
+             "| server update p50 / p99 ms | added p50 ms |",
+             "|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     lines += [f"| {r['chunk_ms']} | {r['streams']} | {np.median(r['engine_compute_s']):.2f} | "
-              f"{np.median(r['server_wall_s']):.2f} | "
-              f"{r['throughput_ratio']:.2f} | {_s(r['engine_step_p50_s'])} | {_s(r['server_update_s']['p50'])} / "
-              f"{_s(r['server_update_s']['p99'])} | {_s(r['added_latency_p50_s'])} |" for r in rows]
+              f"{np.median(r['server_wall_s']):.2f} | {r['throughput_ratio']:.2f} | "
+              f"{np.median(r['server_engine_cpu_s']):.2f} / {np.median(r['server_loop_cpu_s']):.2f}; "
+              f"{np.median(r['client_cpu_s']):.2f} | {_s(r['engine_step_p50_s'])} | "
+              f"{_s(r['server_update_s']['p50'])} / {_s(r['server_update_s']['p99'])} | "
+              f"{_s(r['added_latency_p50_s'])} |" for r in rows]
     return "\n".join(lines)
 
 

@@ -7,9 +7,7 @@ The model is OpenAI Whisper tiny.en in CTranslate2 format from the PyPI package
 
 from __future__ import annotations
 
-import json
 import shutil
-import string
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,33 +66,18 @@ def tiny_en_dir(ct2_tiny_en_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     return out
 
 
-MMS_STYLE_VOCAB = ["<blank>", "<pad>", "</s>", "<unk>", "|", *string.ascii_lowercase, "'"]
+# An aligner small enough for tests (20 ms frames like MMS-300m, whose fields are in
+# streamd.offline.untrained.ALIGNER_ARCHITECTURES).
+SMALL_ALIGNER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+                 "conv_dim": (16,) * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2,
+                 "do_stable_layer_norm": True, "feat_extract_norm": "layer"}
 
 
 @pytest.fixture(scope="session")
 def untrained_aligner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny UNTRAINED Wav2Vec2ForCTC (20 ms frames) with an MMS-style character vocabulary."""
-    import torch
-    from transformers import (
-        Wav2Vec2Config,
-        Wav2Vec2CTCTokenizer,
-        Wav2Vec2FeatureExtractor,
-        Wav2Vec2ForCTC,
-        Wav2Vec2Processor,
-    )
+    from streamd.offline.untrained import build_aligner
 
     out = tmp_path_factory.mktemp("aligner")
-    (out / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(MMS_STYLE_VOCAB)}))
-    tokenizer = Wav2Vec2CTCTokenizer(str(out / "vocab.json"), pad_token="<blank>", unk_token="<unk>",
-                                     word_delimiter_token="|", bos_token=None, eos_token=None)
-    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                                         do_normalize=True, return_attention_mask=True)
-    config = Wav2Vec2Config(vocab_size=len(MMS_STYLE_VOCAB), pad_token_id=0, hidden_size=32,
-                            num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                            conv_dim=(16,) * 7,
-                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-                            do_stable_layer_norm=True, feat_extract_norm="layer")
-    torch.manual_seed(0)
-    Wav2Vec2ForCTC(config).save_pretrained(out)
-    Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
+    build_aligner(out, SMALL_ALIGNER)
     return out

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 from conftest import streamd_cli
 
@@ -46,6 +47,12 @@ def test_server_bench_overhead_capacity_and_memory(tone_model_path: Path, tmp_pa
     overhead, capacity, soak = results["overhead"], results["capacity"], results["soak"]
     assert overhead["throughput_ratio"] > 0 and overhead["server_update_s"]["p50"] > 0
     assert len(overhead["engine_compute_s"]) == len(overhead["server_wall_s"]) == 2
+    # Where a server run's time went: the engine thread computed (10 ms clock ticks: the loop's
+    # and the clients' share of a 2-stream run may round to nothing), none longer than the run.
+    for key in ("server_engine_cpu_s", "server_loop_cpu_s", "client_cpu_s"):
+        assert len(overhead[key]) == 2 and all(x >= 0 for x in overhead[key])
+    assert all(0 < cpu <= 2 * wall for cpu, wall in zip(overhead["server_engine_cpu_s"], overhead["server_wall_s"]))
+    assert all(cpu <= wall for cpu, wall in zip(overhead["client_cpu_s"], overhead["server_wall_s"]))
     # 1120 ms chunks of a tiny model on any CPU: one and two real-time streams keep up.
     assert capacity["capacity_streams"] == 2 and all(level["holds"] for level in capacity["levels"])
     assert capacity["aligned_capacity_streams"] == 2 and all(lv["holds"] for lv in capacity["aligned_levels"])
@@ -104,6 +111,8 @@ def test_offline_bench_times_whisper_and_aligner_on_each_side(tiny_en_dir: Path,
         assert row["generate_rtf"] == row["generate_mean_s"] / row["audio_s"]
         # tiny.en transcribes the sentence: at least one token per spoken word
         assert row["generated_tokens"] >= len(speech.text.split())
+        decoder_s = row["generate_mean_s"] - row["encoder_mean_s"]
+        assert row["decoder_s_per_token"] == pytest.approx(decoder_s / row["generated_tokens"])
     for row in rows[2:]:
         assert row["forward_mean_s"] > 0 and row["align_s"] > 0
         assert row["forward_rtf"] == row["forward_mean_s"] / row["audio_s"]

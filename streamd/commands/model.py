@@ -10,6 +10,7 @@ import time
 from omegaconf import OmegaConf
 
 from streamd.models import ARCHITECTURES, UNTRAINED_WARNING, build_model, parameter_count
+from streamd.offline.untrained import GENERATED_TOKENS_MAX, architecture_names
 
 CALIBRATION_AUDIO_S = 60.0
 
@@ -40,6 +41,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="untrained only: calibrate the blank output per chunk size to emit about "
                              "this many tokens per second (a trained English model: 3-5)")
     create.set_defaults(func=run_create)
+    offline = actions.add_parser(
+        "create-offline",
+        help="build an untrained Whisper or forced-aligner directory of a real architecture",
+        description=(
+            "Build a transformers Whisper (with the tokenizer, log-mel and generation settings of "
+            "--like, an existing Whisper directory; its weights are not read) or an MMS-style CTC "
+            "forced aligner, with UNTRAINED weights: the same cost per forward and per generated "
+            "token as the real model, for `streamd bench offline` where the weights cannot be "
+            "downloaded. Its outputs are meaningless. Whisper's generation stops at "
+            f"{GENERATED_TOKENS_MAX} tokens (an untrained decoder never ends on its own)."
+        ),
+    )
+    offline.add_argument("--arch", required=True, choices=architecture_names())
+    offline.add_argument("--out", required=True, help="output directory")
+    offline.add_argument("--like", help="Whisper only: a Whisper directory to take the tokenizer and settings from")
+    offline.add_argument("--seed", type=int, default=0, help="same seed, same weights (default 0)")
+    offline.set_defaults(func=run_create_offline)
 
 
 def run_create(args: argparse.Namespace) -> int:
@@ -82,4 +100,29 @@ def run_create(args: argparse.Namespace) -> int:
     print(json.dumps(summary))
     if trained is None:
         print(f"note: {UNTRAINED_WARNING}", file=sys.stderr)
+    return 0
+
+
+def run_create_offline(args: argparse.Namespace) -> int:
+    from streamd.offline import untrained
+
+    started = time.monotonic()
+    if args.arch in untrained.WHISPER_ARCHITECTURES:
+        if not args.like:
+            print(f"--arch {args.arch} needs --like WHISPER_DIR (its tokenizer and settings)", file=sys.stderr)
+            return 2
+        try:
+            parameters = untrained.build_whisper(args.like, args.out, untrained.WHISPER_ARCHITECTURES[args.arch],
+                                                 args.seed)
+        except OSError as exc:  # transformers: no config.json / tokenizer there
+            print(f"--like {args.like}: not a Whisper directory ({exc})", file=sys.stderr)
+            return 2
+    else:
+        if args.like:
+            print(f"--like is for Whisper architectures, not {args.arch}", file=sys.stderr)
+            return 2
+        parameters = untrained.build_aligner(args.out, untrained.ALIGNER_ARCHITECTURES[args.arch], args.seed)
+    print(json.dumps({"out": args.out, "arch": args.arch, "parameters": parameters, "seed": args.seed,
+                      "seconds": round(time.monotonic() - started, 1), "warning": UNTRAINED_WARNING}))
+    print(f"note: {UNTRAINED_WARNING}", file=sys.stderr)
     return 0
