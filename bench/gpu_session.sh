@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU session of CUDA checks and benchmarks, sized for about 9-10 minutes on an H100/H200.
+# One GPU session of CUDA checks and benchmarks: about 12 minutes on an H100/H200 in all, more
+# than one 10-minute call; the stages a first call's limit cuts run in a second (STAGES=...).
 #
 #   bench/gpu_session.sh OUTDIR [TONE_MODEL.nemo]
 #
