@@ -61,6 +61,9 @@ MAX_BATCH_1120="${MAX_BATCH_1120:-2048}"
 # chunks are 3,750 a second each way.
 CLIENT_PROCESSES="${CLIENT_PROCESSES:-6}"
 STAGES="${STAGES:-correctness capacity engine offline}"
+# Server flags added to every capacity run, e.g. for a second call with STAGES=capacity:
+# CAPACITY_FLAGS="--engine-process --encoder-cuda-graphs on" (stage names stay the same: use another OUTDIR).
+CAPACITY_FLAGS="${CAPACITY_FLAGS:-}"
 WHISPER_LIKE="${WHISPER_LIKE:-}"
 OFFLINE_DTYPES="${OFFLINE_DTYPES:-float32 bfloat16 float16}"
 ENCODER_GRAPHS=on
@@ -118,7 +121,7 @@ capacity() {  # capacity NAME CHUNK_MS RAMP MAX_BATCH [FLAGS...]: one run per st
     stage "capacity-$name" 240 "${STREAMD[@]}" bench server --model "$MODEL" "${ON_DEVICE[@]}" \
         --scenarios capacity --chunk-ms "$chunk_ms" --ramp "$ramp" \
         --max-batch "$max_batch" --frame-ms chunk --no-aligned --no-ceiling --seconds "$CAPACITY_SECONDS" \
-        --client-processes "$CLIENT_PROCESSES" "$@" \
+        --client-processes "$CLIENT_PROCESSES" $CAPACITY_FLAGS "$@" \
         --server-log-dir "$OUT/server-logs-$name" --out "$OUT/capacity-$name.json" --markdown "$OUT/tables.md"
 }
 probe() {  # probe NAME DEVICE [serve_probe option or key=value...]: does a server turn ready and answer?

@@ -95,7 +95,7 @@ def test_capacity_one_frame_per_chunk_clients_in_two_processes_without_aligned_r
 def test_offline_bench_times_whisper_and_aligner_on_each_side(tiny_en_dir: Path, untrained_aligner_dir: Path,
                                                               speech, tmp_path: Path):
     out, md = tmp_path / "offline.json", tmp_path / "bench.md"
-    streamd_cli("bench", "offline", "--whisper", str(tiny_en_dir), "--aligner", str(untrained_aligner_dir),
+    proc = streamd_cli("bench", "offline", "--whisper", str(tiny_en_dir), "--aligner", str(untrained_aligner_dir),
                 "--audio", str(speech.path), "--transcript", speech.text, "--side", "device=cpu,dtype=float32",
                 "--side", "device=cpu,dtype=bfloat16", "--warmup", "0", "--runs", "1", "--out", str(out),
                 "--markdown", str(md))
@@ -117,6 +117,7 @@ def test_offline_bench_times_whisper_and_aligner_on_each_side(tiny_en_dir: Path,
         assert row["forward_mean_s"] > 0 and row["align_s"] > 0
         assert row["forward_rtf"] == row["forward_mean_s"] / row["audio_s"]
     assert md.read_text().count("| cpu |") == 4
+    assert "may be ignored" not in proc.stderr  # transformers' warning about generation flags it does not use
 
 
 def test_offline_bench_needs_a_model(tmp_path: Path):

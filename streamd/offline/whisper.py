@@ -7,6 +7,7 @@ Greedy decoding throughout, so two precisions can be compared token for token.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,10 +79,11 @@ class WhisperRunner:
     def generate(self, inputs: dict[str, torch.Tensor], first_logits: bool = False) -> Decoded:
         """Greedy decoding; ``first_logits`` also returns the raw logits of the first generated step."""
         long_form = inputs["input_features"].shape[-1] > self.model.config.max_source_positions * 2
-        out = self.model.generate(
-            **inputs, num_beams=1, do_sample=False, return_timestamps=long_form,
-            return_dict_in_generate=first_logits, output_logits=first_logits,
-        )
+        # A copy per call: Whisper's generate writes its arguments into the config it is given, so
+        # a call with logits would leave output_logits set for the next one (which warns).
+        config = copy.deepcopy(self.model.generation_config)
+        config.update(num_beams=1, do_sample=False, return_dict_in_generate=first_logits, output_logits=first_logits)
+        out = self.model.generate(**inputs, generation_config=config, return_timestamps=long_form)
         sequences = out.sequences if first_logits else out
         tokens = [[t for t in row.tolist() if t < self.eot] for row in sequences]
         return Decoded(tokens, out.logits[0].float().cpu() if first_logits else None)
