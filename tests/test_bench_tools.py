@@ -3,9 +3,12 @@ must already work when it starts."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 from conftest import ROOT, log_records
@@ -54,3 +57,38 @@ def test_serve_probe_bare_probes_a_websockets_server_without_streamd(tmp_path: P
     report = next(r for r in records if r["event"] == "probe report")
     assert not any(task.startswith("engine-pump:") for task in report["tasks"])  # no streamd server
     assert "torch" not in report["modules"]
+
+
+GPU_SESSION_STAGES = ["correctness-float32", "model", "serve-probe-cpu", "capacity-160", "capacity-1120",
+                      "capacity-160-engine-process", "engine-encoder-graphs-off", "engine-encoder-graphs-on",
+                      "engine-decoder-graphs-off"]
+
+
+def test_gpu_session_script_runs_its_stages_on_the_cpu(tone_model_path: Path, tmp_path: Path):
+    """bench/gpu_session.sh end to end at toy sizes, so that a renamed flag or a broken stage shows
+    here rather than in a lent GPU's few minutes. Its offline stage is left out (its models take
+    4 GB; `streamd model create-offline` and `bench offline` have their own tests)."""
+    out, pack = tmp_path / "out", tmp_path / "results.tar.gz"
+    sizes = {"RAMP_160": "2", "RAMP_1120": "2", "RAMP_160_PROCESS": "2", "CAPACITY_SECONDS": "2",
+             "MAX_BATCH_160": "4", "MAX_BATCH_1120": "4", "CLIENT_PROCESSES": "2", "ENGINE_STREAMS": "2",
+             "ENGINE_SECONDS": "2"}
+    env = {**os.environ, **sizes, "PY": sys.executable, "DEVICE": "cpu", "DTYPE": "float32", "DTYPES": "float32",
+           "ARCH": "tiny", "TOKENS_PER_SECOND": "", "STAGES": "correctness capacity engine", "PACK": str(pack)}
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_session.sh"), str(out), str(tone_model_path)],
+                          env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stages = re.findall(r"stage (\S+): exit (\d+)", (out / "stages.txt").read_text())
+    assert stages == [(name, "0") for name in GPU_SESSION_STAGES]
+    meta = {name: json.loads((out / f"{name}.json").read_text())["meta"]
+            for name in ("capacity-160", "capacity-1120", "capacity-160-engine-process")}
+    assert [m["engine_process"] for m in meta.values()] == [False, False, True]
+    assert "engine in its own process" in meta["capacity-160-engine-process"]["title"]
+    for name in meta:
+        [result] = json.loads((out / f"{name}.json").read_text())["results"]
+        assert result["capacity_streams"] == 2  # two real-time streams of the tone model on any CPU
+        assert (out / f"server-logs-{name.removeprefix('capacity-')}").is_dir()
+    tables = (out / "tables.md").read_text()
+    assert tables.count("### Real-time capacity") == 3 and tables.count("### Engine") == 3
+    with tarfile.open(pack) as archive:  # rewritten after every stage: it holds the last one's output
+        assert "./engine-decoder-graphs-off.json" in archive.getnames()
+    assert "offline stage skipped" not in proc.stdout  # not asked for

@@ -216,8 +216,11 @@ def run_server_bench(args: argparse.Namespace) -> int:
         print(f"streamd bench server: {args.model}: {exc}", file=sys.stderr)
         return 2
     meta["batch_window_ms"] = args.batch_window_ms
+    meta["engine_process"] = args.engine_process
     if args.batch_window_ms:
         meta["title"] += f", server batch window {args.batch_window_ms:g} ms"
+    if args.engine_process:
+        meta["title"] += ", engine in its own process"
     if args.server_log_dir is not None:
         try:
             args.server_log_dir.mkdir(parents=True, exist_ok=True)
