@@ -23,6 +23,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def stat_fields(stat: Path) -> list[str]:
+    """A Linux ``/proc/.../stat`` file's fields after the command name (which is in parentheses
+    and may hold spaces): state, parent pid, ..., utime and stime at indexes 11 and 12."""
+    return stat.read_text().rpartition(")")[2].split()
+
+
 class ServerStartError(RuntimeError):
     """The server exited or did not become ready; the message holds its log's tail."""
 
@@ -57,7 +63,7 @@ class ServerProcess:
         children: dict[int, list[int]] = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             with contextlib.suppress(OSError):  # the process ended
-                parent = int(stat.read_text().rpartition(")")[2].split()[1])
+                parent = int(stat_fields(stat)[1])
                 children.setdefault(parent, []).append(int(stat.parent.name))
         found, index = [self.process.pid], 0
         while index < len(found):
@@ -90,11 +96,10 @@ class ServerProcess:
         main = others = 0.0
         for task in (task for pid in self.pids() for task in _tasks(pid)):
             try:
-                # Fields after the command name, which is in parentheses and may hold spaces.
-                fields = (task / "stat").read_text().rpartition(")")[2].split()
+                fields = stat_fields(task / "stat")
             except FileNotFoundError:  # the thread ended
                 continue
-            seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime: fields 14 and 15
+            seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
             if task.name == str(self.process.pid):
                 main += seconds
             else:

@@ -79,12 +79,12 @@ def test_gpu_session_script_runs_its_stages_on_the_cpu(tone_model_path: Path, tm
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     stages = re.findall(r"stage (\S+): exit (\d+)", (out / "stages.txt").read_text())
     assert stages == [(name, "0") for name in GPU_SESSION_STAGES]
-    meta = {name: json.loads((out / f"{name}.json").read_text())["meta"]
-            for name in ("capacity-160", "capacity-1120", "capacity-160-engine-process")}
-    assert [m["engine_process"] for m in meta.values()] == [False, False, True]
-    assert "engine in its own process" in meta["capacity-160-engine-process"]["title"]
-    for name in meta:
-        [result] = json.loads((out / f"{name}.json").read_text())["results"]
+    reports = {name: json.loads((out / f"{name}.json").read_text())
+               for name in ("capacity-160", "capacity-1120", "capacity-160-engine-process")}
+    assert [r["meta"]["engine_process"] for r in reports.values()] == [False, False, True]
+    assert "engine in its own process" in reports["capacity-160-engine-process"]["meta"]["title"]
+    for name, report in reports.items():
+        [result] = report["results"]
         assert result["capacity_streams"] == 2  # two real-time streams of the tone model on any CPU
         assert (out / f"server-logs-{name.removeprefix('capacity-')}").is_dir()
     tables = (out / "tables.md").read_text()

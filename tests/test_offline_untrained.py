@@ -11,6 +11,7 @@ import torch
 from conftest import streamd_cli
 
 from streamd import cli
+from streamd.models import parameter_count
 from streamd.offline import untrained
 
 pytest_plugins = ["conftest_offline"]
@@ -22,8 +23,7 @@ SMALL_WHISPER = {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 
 def meta_parameter_count(model_class: type, config: object) -> int:
     """Parameters of ``model_class(config)``, counted on the meta device (no memory, no time)."""
     with torch.device("meta"):
-        model = model_class(config)
-    return sum(p.numel() for p in model.parameters())
+        return parameter_count(model_class(config))
 
 
 def test_architectures_have_the_published_sizes(tiny_en_dir: Path):

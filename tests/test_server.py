@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from clients.common import Pcm, SessionResult, run_session
 from streamd import protocol, tones
-from streamd.serverproc import ServerProcess, ServerStartError, start_server
+from streamd.serverproc import ServerProcess, ServerStartError, start_server, stat_fields
 
 CHUNKS_MS = (80, 160, 560, 1120)
 # Every stream in this module but the max_session test's is shorter than max_session_s. The tone
@@ -650,7 +650,7 @@ def running(pid: int, wait_s: float = 15) -> bool:
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+            state = stat_fields(Path(f"/proc/{pid}/stat"))[0]
         except FileNotFoundError:
             return False
         if state in ("Z", "X"):

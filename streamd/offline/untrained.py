@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from streamd.models import parameter_count
+
 # Fields that differ from a Whisper directory's config.json (WhisperConfig names).
 WHISPER_ARCHITECTURES: dict[str, dict[str, Any]] = {
     # distil-whisper/distil-large-v3: large-v3's encoder (32 layers, 128 mel bins), two decoder layers.
@@ -86,7 +88,7 @@ def build_whisper(like_dir: str | Path, out: str | Path, fields: dict[str, Any],
     extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
     tokenizer = WhisperProcessor.from_pretrained(like_dir).tokenizer
     WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
-    return sum(p.numel() for p in model.parameters())
+    return parameter_count(model)
 
 
 def build_aligner(out: str | Path, fields: dict[str, Any], seed: int = 0) -> int:
@@ -106,4 +108,4 @@ def build_aligner(out: str | Path, fields: dict[str, Any], seed: int = 0) -> int
     model = Wav2Vec2ForCTC(aligner_config(fields)).eval()
     model.save_pretrained(out)
     Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
-    return sum(p.numel() for p in model.parameters())
+    return parameter_count(model)
