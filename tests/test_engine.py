@@ -198,19 +198,42 @@ def test_a_failed_model_call_is_retried_in_halves_and_drops_only_a_stream_that_f
     engine = StreamingEngine(tone_model, max_batch=8, max_streams=6)
     sequences = [tones.random_sequence(rng, 2, 4) for _ in range(6)]
     ids = [engine.open_stream(StreamOptions(att_context_size=size)) for size in [(70, 1)] * 3 + [(70, 6)] * 3]
-    store_caches = engine._store_caches
+    decode = engine.decoder_states.decode
 
-    def store_caches_or_fail(group_ids, *caches):
-        if (ids[1] in group_ids) if fault == "one stream" else len(group_ids) > 1:
+    def decode_or_fail(encoded, lengths, slots, first):
+        decoded = decode(encoded, lengths, slots, first)
+        holds_faulty = engine.contexts.streamidx2slotidx.get(ids[1]) in slots.tolist()
+        if holds_faulty if fault == "one stream" else len(slots) > 1:
             raise RuntimeError("injected model fault")
-        store_caches(group_ids, *caches)
+        return decoded
 
-    monkeypatch.setattr(engine, "_store_caches", store_caches_or_fail)
+    monkeypatch.setattr(engine.decoder_states, "decode", decode_or_fail)
     finals, failures = run_to_the_end(engine, ids, sequences)
     dropped = [ids[1]] if fault == "one stream" else []
     assert set(failures) == set(dropped) and all("injected model fault" in f for f in failures.values())
     assert finals == {i: seq.text for i, seq in zip(ids, sequences) if i not in dropped}
     assert not engine.contexts.streamidx2slotidx, "every cache slot is free again, the dropped stream's too"
+
+
+def test_a_fault_while_writing_a_groups_states_drops_the_whole_group(tone_model, rng, monkeypatch):
+    # The fault is injected after the group's new caches were stored, before its decoder states
+    # are: its streams hold half a step, and running their chunk again (as a retry in halves
+    # would) decodes from the wrong context. The group ends; another chunk size's group goes on.
+    engine = StreamingEngine(tone_model, max_batch=8, max_streams=6)
+    sequences = [tones.random_sequence(rng, 2, 4) for _ in range(6)]
+    ids = [engine.open_stream(StreamOptions(att_context_size=size)) for size in [(70, 1)] * 3 + [(70, 6)] * 3]
+    commit = engine.decoder_states.commit
+
+    def commit_or_fail(slots, decoded):
+        if engine.contexts.streamidx2slotidx.get(ids[1]) in slots.tolist():
+            raise RuntimeError("injected write fault")
+        commit(slots, decoded)
+
+    monkeypatch.setattr(engine.decoder_states, "commit", commit_or_fail)
+    finals, failures = run_to_the_end(engine, ids, sequences)
+    assert set(failures) == set(ids[:3]) and all("injected write fault" in f for f in failures.values())
+    assert finals == {i: seq.text for i, seq in zip(ids[3:], sequences[3:])}
+    assert not engine.contexts.streamidx2slotidx, "every cache slot is free again"
 
 
 @pytest.mark.parametrize("fault", ["one stream", "batches of several"])

@@ -1,13 +1,17 @@
-"""The engine process's shared audio buffer, both ends in this process (the server tests run the
-whole engine process: tests/test_server.py)."""
+"""The engine process's shared audio buffer (both ends in this process) and the updates that cross
+its pipe (the server tests run the whole engine process: tests/test_server.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
 
 import numpy as np
 
+from streamd.engine.decoding import Word
 from streamd.engine.engine_process import MIN_AUDIO_BUFFER_BYTES, AudioIn, AudioOut
+from streamd.engine.stream import StreamUpdate, Utterance
 
 
 def test_pushed_samples_arrive_intact_across_calls_and_buffer_growth():
@@ -34,3 +38,16 @@ def test_pushed_samples_arrive_intact_across_calls_and_buffer_growth():
             else:
                 assert args == sent
     assert grew == [True, True, False, False]
+
+
+def test_updates_cross_the_pipe_field_for_field():
+    """Updates, their finals and words pickle by position (faster than by state dict): a field
+    out of order would land in another field, and a field added later would be lost."""
+    word = Word("caffe", 0.25, 0.75)
+    final = Utterance(3, "caffe", [7, 8], [word], 0.125, 1.5, "endpoint")
+    update = StreamUpdate(11, partial="ca", partial_tokens=[5, 6], finals=[final], finished=True,
+                          audio_seconds=2.5, failure="RuntimeError: boom")
+    copied = pickle.loads(pickle.dumps([update], pickle.HIGHEST_PROTOCOL))[0]
+    for original, copy in ((update, copied), (final, copied.finals[0]), (word, copied.finals[0].words[0])):
+        for name in (f.name for f in dataclasses.fields(original)):
+            assert getattr(copy, name) == getattr(original, name), name

@@ -30,7 +30,7 @@ sid = engine.open_stream()
 engine.push_audio(sid, np.zeros(16000, np.float32)); engine.end_stream(sid)
 updates = engine.step()
 result = {"applied": apply_shims(), "finished": any(u.finished for u in updates)}
-for name in ("triton", "nv_one_logger"):
+for name in ("triton", "nv_one_logger", "streamd"):
     module = sys.modules.get(name)
     result[name] = str(getattr(module, "__file__", None) or list(getattr(module, "__path__", []))) if module else None
 if "triton" in sys.modules:

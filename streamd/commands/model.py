@@ -95,11 +95,7 @@ def run_create(args: argparse.Namespace) -> int:
         "token_rate": token_rate,
         "seconds": round(time.monotonic() - started, 1),
     }
-    if trained is None:
-        summary["warning"] = UNTRAINED_WARNING
-    print(json.dumps(summary))
-    if trained is None:
-        print(f"note: {UNTRAINED_WARNING}", file=sys.stderr)
+    _print_summary(summary, untrained=trained is None)
     return 0
 
 
@@ -122,7 +118,16 @@ def run_create_offline(args: argparse.Namespace) -> int:
             print(f"--like is for Whisper architectures, not {args.arch}", file=sys.stderr)
             return 2
         parameters = untrained.build_aligner(args.out, untrained.ALIGNER_ARCHITECTURES[args.arch], args.seed)
-    print(json.dumps({"out": args.out, "arch": args.arch, "parameters": parameters, "seed": args.seed,
-                      "seconds": round(time.monotonic() - started, 1), "warning": UNTRAINED_WARNING}))
-    print(f"note: {UNTRAINED_WARNING}", file=sys.stderr)
+    _print_summary({"out": args.out, "arch": args.arch, "parameters": parameters, "seed": args.seed,
+                    "seconds": round(time.monotonic() - started, 1)}, untrained=True)
     return 0
+
+
+def _print_summary(summary: dict[str, object], untrained: bool) -> None:
+    """The JSON summary on stdout; an untrained model's warning goes into it (for scripts) and to
+    stderr (for the person at the terminal, who may not read the JSON)."""
+    if untrained:
+        summary["warning"] = UNTRAINED_WARNING
+    print(json.dumps(summary))
+    if untrained:
+        print(f"note: {UNTRAINED_WARNING}", file=sys.stderr)

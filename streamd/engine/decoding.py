@@ -14,6 +14,9 @@ class Word:
     start: float  # seconds from stream start
     end: float
 
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:  # see streamd.engine.stream.StreamUpdate.__reduce__
+        return Word, (self.word, self.start, self.end)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -65,6 +65,12 @@ class DeviceFailedError(RuntimeError):
     no stream can go on in this process."""
 
 
+class StateWriteError(RuntimeError):
+    """Writing a group's new caches or decoder states failed partway: its streams' states are
+    mixed old and new, so running their chunk again would decode from wrong context. The group's
+    streams are dropped, not retried."""
+
+
 @dataclass
 class StepStats:
     """Timing of the last :meth:`StreamingEngine.step`, for logs and benchmarks."""
@@ -302,7 +308,8 @@ class StreamingEngine:
         """``run(streams)`` (one batched call); if it raises, each half on its own, down to single
         streams. ``run`` changes no stream when it raises, so splitting costs only time: work too
         large for the device's memory still gets through, and a fault that one stream causes (a
-        bug) drops that stream alone, after about log2(len(streams)) extra calls."""
+        bug) drops that stream alone, after about log2(len(streams)) extra calls. The exception
+        is a :class:`StateWriteError`: the streams did change, so all of them are dropped."""
         if not streams:
             return
         try:
@@ -313,10 +320,13 @@ class StreamingEngine:
                 log.exception(f"{what} failed", streams=len(streams), **context)
                 if (fault := device_fault(self.device)) is not None:  # no part can succeed
                     raise DeviceFailedError(f"{what} failed and {self.device} no longer runs work: {fault}") from exc
-            if len(streams) == 1:
-                log.error(f"{what} failed for a stream alone; dropping it", stream_id=streams[0].stream_id,
-                          error=f"{type(exc).__name__}: {exc}", **context)
-                self._drop(streams[0], exc, updates)
+            if len(streams) == 1 or isinstance(exc, StateWriteError):
+                message = (f"{what} failed writing its states; dropping its streams" if len(streams) > 1
+                           else f"{what} failed for a stream alone; dropping it")
+                log.error(message, stream_ids=[s.stream_id for s in streams], error=f"{type(exc).__name__}: {exc}",
+                          **context)
+                for stream in streams:
+                    self._drop(stream, exc, updates)
                 return
         half = len(streams) // 2
         for part in (streams[:half], streams[half:]):
@@ -369,8 +379,11 @@ class StreamingEngine:
             decoded = self.decoder_states.decode(encoded, encoded_len, slots,
                                                  first=[i for i, s in enumerate(group) if s.steps == 0])
             t2 = time.perf_counter()
-            self._store_caches(slots, *caches)
-            self.decoder_states.commit(slots, decoded)
+            try:
+                self._store_caches(slots, *caches)
+                self.decoder_states.commit(slots, decoded)
+            except Exception as exc:
+                raise StateWriteError(f"{type(exc).__name__}: {exc}") from exc
         stats.encoder_s += t1 - t0 + time.perf_counter() - t2
         stats.decoder_s += t2 - t1
         stats.model_calls += 1

@@ -95,7 +95,8 @@ class EngineRunner:
         self._on_device_failure = on_device_failure
         self._worker = ProcessWorker() if engine_process else ThreadWorker()
         facts: EngineFacts = await self._worker.call("start", build, warmup_batch, load_log_interval_s)
-        freeze_long_lived_objects()  # this process's own: the worker froze the engine's side
+        if engine_process:  # this process's own objects; a worker thread has frozen them already
+            freeze_long_lived_objects()
         self._worker.on_exit(self._wake.set)  # the pump's next call then reports the engine gone
         self._batch_window_s = batch_window_s
         self._pump_task = asyncio.create_task(self._pump(), name="engine-pump")
