@@ -70,7 +70,7 @@ def _log(log_dir: Path | None, scenario: str) -> Path | None:
     return None if log_dir is None else log_dir / f"server-{scenario}.log"
 
 
-async def _sessions(url: str, audios: list[np.ndarray], chunk_ms: int, realtime: bool, frame_ms: float,
+async def run_sessions(url: str, audios: list[np.ndarray], chunk_ms: int, realtime: bool, frame_ms: float,
                     delays: list[float] | None = None) -> list[SessionResult]:
     """One session per audio, all at once, or each started its delay (seconds) from now."""
     async def one(audio: np.ndarray, delay: float) -> SessionResult:
@@ -131,7 +131,7 @@ def run_client_load(load: ClientLoad) -> ClientRun:
         # Delays from start_at, not from now: a process that got here late keeps the others' schedule.
         delays = [max(0.0, load.start_at + delay - time.time()) for delay in load.delays]
         cpu, wall = time.process_time(), time.monotonic()
-        results = await _sessions(load.url, audios, load.chunk_ms, True, load.frame_ms, delays)
+        results = await run_sessions(load.url, audios, load.chunk_ms, True, load.frame_ms, delays)
         return ClientRun(results, (time.process_time() - cpu) / (time.monotonic() - wall))
 
     return asyncio.run(run())
@@ -180,7 +180,7 @@ class ClientProcesses:
         return self._pool.map(run_client_load, loads, chunksize=1)
 
 
-def _update_latencies(results: list[SessionResult]) -> list[float]:
+def update_latencies(results: list[SessionResult]) -> list[float]:
     return [u for r in results for u in r.latency()["update_samples_s"]]
 
 
@@ -204,18 +204,18 @@ def overhead(model: Any, model_path: str, size: tuple[int, int], streams: int, s
     engine_s, served_s, loop_cpu, engine_cpu, client_cpu = [], [], [], [], []
     with serving(model_path, _log(log_dir, f"overhead-{chunk_ms}"), **settings, max_batch=streams,
                  max_sessions=streams + 1) as server:
-        asyncio.run(_sessions(server.url, [tones.random_audio(rng, 2.0)], chunk_ms, False, chunk_ms))  # warm-up
+        asyncio.run(run_sessions(server.url, [tones.random_audio(rng, 2.0)], chunk_ms, False, chunk_ms))  # warm-up
         for _ in range(repeats):
             engine_s.append(run_engine(model, audios, size, max_batch=streams).compute_s)
             cpu_before, clients_before, started = server.cpu_seconds(), time.process_time(), time.perf_counter()
-            asyncio.run(_sessions(server.url, audios, chunk_ms, False, chunk_ms))
+            asyncio.run(run_sessions(server.url, audios, chunk_ms, False, chunk_ms))
             served_s.append(time.perf_counter() - started)
             client_cpu.append(time.process_time() - clients_before)
             loop, engine = (after - before for before, after in zip(cpu_before, server.cpu_seconds()))
             loop_cpu.append(loop)
             engine_cpu.append(engine)
-        realtime = asyncio.run(_sessions(server.url, [audios[0]], chunk_ms, True, frame_ms))
-    latency = percentiles(_update_latencies(realtime))
+        realtime = asyncio.run(run_sessions(server.url, [audios[0]], chunk_ms, True, frame_ms))
+    latency = percentiles(update_latencies(realtime))
     return {
         "scenario": "overhead", "chunk_ms": chunk_ms, "streams": streams, "seconds": seconds,
         "engine_compute_s": [round(x, 3) for x in engine_s], "server_wall_s": [round(x, 3) for x in served_s],
@@ -264,7 +264,7 @@ def _ramp(server: ServerProcess, clients: ClientProcesses, ramp: list[int], chun
         runs = clients.run(server.url, seeds, delays, seconds, chunk_ms, frame_ms, start_at)
         busy = [(after - before) / (time.time() - start_at) for before, after in zip(cpu_before, server.cpu_seconds())]
         results = [result for run in runs for result in run.results]
-        latency = percentiles(_update_latencies(results))
+        latency = percentiles(update_latencies(results))
         finals = [r.latency()["final_s"] for r in results]
         held = latency["p99"] is not None and latency["p99"] <= chunk_ms / 1000
         levels.append({"streams": count, "sessions_done": len(results), "update_s": latency,
@@ -353,7 +353,7 @@ def soak(model_path: str, minutes: float, streams: int, chunk_ms: int, settings:
                 samples.append((now - started, server.rss_bytes()))
                 next_sample += sample_every_s
             audios = [tones.random_audio(rng, float(rng.uniform(1, 4))) for _ in range(streams)]
-            asyncio.run(_sessions(server.url, audios, chunk_ms, False, chunk_ms))
+            asyncio.run(run_sessions(server.url, audios, chunk_ms, False, chunk_ms))
             sessions += streams
         samples.append((time.monotonic() - started, server.rss_bytes()))
     t = np.array([s[0] for s in samples]) / 60

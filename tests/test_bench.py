@@ -8,12 +8,14 @@ JSON and the markdown table agree.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import streamd_cli
+from conftest import ROOT, streamd_cli
 
 pytest_plugins = ["conftest_offline"]
 
@@ -142,3 +144,16 @@ def test_server_bench_refuses_a_file_that_is_no_model_before_running(tmp_path: P
     assert proc.returncode == 2, proc.stderr
     assert "holds no model_config.yaml" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_bulk_upload_bench_runs_live_streams_alone_and_beside_an_upload(tone_model_path: Path, tmp_path: Path):
+    out = tmp_path / "bulk.json"
+    proc = subprocess.run([sys.executable, "bench/bulk_upload.py", "--model", str(tone_model_path), "--live", "2",
+                           "--live-seconds", "3", "--upload-seconds", "20", "--rounds", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]  # a session that failed fails the script
+    rounds = json.loads(out.read_text())["rounds"]
+    assert [r["upload"] for r in rounds] == [False, True]
+    assert rounds[0]["upload_session_s"] is None and rounds[1]["upload_session_s"] > 0
+    for r in rounds:
+        assert 0 < r["live_update_s"]["p50"] <= r["live_update_s"]["p99"] <= r["live_update_max_s"]

@@ -77,6 +77,31 @@ def test_staggered_batched_streams_equal_each_stream_alone(tone_model, rng):
         assert alone[k].text == sequences[k].text
 
 
+@pytest.mark.parametrize("size", [(70, 1), (70, 13)], ids=lambda s: f"att{s[0]}-{s[1]}")
+def test_audio_sent_in_bulk_is_featurized_a_chunk_per_step(tone_model, rng, size):
+    """A client that uploads a recording at once must not have all of it featurized in one step
+    (a stall for every stream batched with it, and memory growing with the upload): each step
+    featurizes at most what the stream's next chunk takes, and the transcript is still the
+    offline one."""
+    seq = tones.random_sequence(rng, 6, 6)
+    offline = transcribe_offline(tone_model, [seq.audio], size)[0]
+    engine = StreamingEngine(tone_model, max_streams=1)
+    stream_id = engine.open_stream(StreamOptions(att_context_size=size, word_timestamps=False))
+    engine.push_audio(stream_id, seq.audio)
+    engine.end_stream(stream_id)
+    chunk_frames = CHUNK_SAMPLES[size] // 160  # mel frames of a steady chunk (10 ms hop)
+    tokens, steps = [], 0
+    while stream_id in engine.streams:
+        before = engine.streams[stream_id].features.frames_done
+        updates = engine.step()
+        if stream_id in engine.streams:
+            assert engine.streams[stream_id].features.frames_done - before <= chunk_frames
+        tokens += [t for u in updates for final in u.finals for t in final.tokens]
+        steps += 1
+    assert steps >= len(seq.audio) // CHUNK_SAMPLES[size], "one chunk per step"
+    assert tokens == offline.tokens and offline.text == seq.text
+
+
 def test_a_reused_slot_starts_each_stream_from_scratch(tone_model, rng):
     """Streams that follow one another through an engine's only slot (decoder state and frame
     count live in slot rows): each hears its own letters, its word times lie inside its own audio,
@@ -247,10 +272,10 @@ def test_a_feature_fault_drops_only_the_stream_it_belongs_to(tone_model, rng, mo
     if fault == "one stream":
         faulty_state, extract = engine.streams[ids[1]].features, engine.features.extract
 
-        def extract_or_fail(states, finals):
+        def extract_or_fail(states, finals, limits):
             if any(state is faulty_state for state in states):
                 raise RuntimeError("injected feature fault")
-            return extract(states, finals)
+            return extract(states, finals, limits)
 
         monkeypatch.setattr(engine.features, "extract", extract_or_fail)
     else:

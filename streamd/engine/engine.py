@@ -250,22 +250,27 @@ class StreamingEngine:
         stats = StepStats()
         updates: dict[int, StreamUpdate] = {}
 
-        # 1. features for every stream with new audio (one batched featurizer call)
-        needs = [s for s in self.streams.values() if not s.features_final and (
-            s.eof or self.features.ready_frames(s.features, False) > s.features.frames_done)]
+        # 1. features for every stream with new audio and less than its next chunk's frames, up
+        # to that chunk (one batched featurizer call; see FeatureExtractor.extract)
+        needs = [s for s in self.streams.values()
+                 if not s.features_final and s.pending_frames() < self._chunk_frames(s) and (
+                     s.eof or self.features.ready_frames(s.features, False) > s.features.frames_done)]
         extracted: list[tuple[Stream, torch.Tensor]] = []
 
         def extract(part: list[Stream]) -> None:
-            extracted.extend(zip(part, self.features.extract([s.features for s in part], [s.eof for s in part])))
+            extracted.extend(zip(part, self.features.extract(
+                [s.features for s in part], [s.eof for s in part],
+                [self._chunk_frames(s) - s.pending_frames() for s in part])))
 
         self._run_in_parts("feature extraction", needs, extract, updates)
         for stream, frames in extracted:
             stream.append_frames(frames)
-            stream.features_final = stream.eof
+            stream.features_final = stream.eof and (
+                stream.features.frames_done == self.features.ready_frames(stream.features, True))
         stats.features_s = time.perf_counter() - started
 
         # 2. pick ready streams, oldest first, and group by (chunk size, frames to drop)
-        ready = [s for s in self.streams.values() if self._ready(s)]  # every frame is featurized now
+        ready = [s for s in self.streams.values() if self._ready(s)]  # with their chunk's frames now
         ready.sort(key=lambda s: s.waiting_since)
         ready = ready[: self.max_batch]
         groups: dict[tuple[tuple[int, int], int], list[Stream]] = defaultdict(list)
