@@ -66,7 +66,8 @@ def main() -> int:
     rows = []
     with serving(args.model, None, threads=args.threads, max_batch=args.live + 1,
                  max_sessions=args.live + 2) as server:
-        asyncio.run(run_sessions(server.url, [live[0][:32000]], args.chunk_ms, False, args.chunk_ms))  # warm-up
+        warm_up = live[0][: 2 * tones.SAMPLE_RATE]
+        asyncio.run(run_sessions(server.url, [warm_up], args.chunk_ms, False, args.chunk_ms))
         for _ in range(args.rounds):
             for audio in (None, upload):
                 latencies, upload_s = asyncio.run(one_round(server.url, live, audio, args.chunk_ms))

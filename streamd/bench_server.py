@@ -71,7 +71,7 @@ def _log(log_dir: Path | None, scenario: str) -> Path | None:
 
 
 async def run_sessions(url: str, audios: list[np.ndarray], chunk_ms: int, realtime: bool, frame_ms: float,
-                    delays: list[float] | None = None) -> list[SessionResult]:
+                       delays: list[float] | None = None) -> list[SessionResult]:
     """One session per audio, all at once, or each started its delay (seconds) from now."""
     async def one(audio: np.ndarray, delay: float) -> SessionResult:
         await asyncio.sleep(delay)
