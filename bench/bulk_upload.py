@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from clients.common import percentiles
-from streamd import tones
 from streamd.bench import machine_description
 from streamd.bench_server import run_sessions, serving, update_latencies
+from streamd.models import tones
 
 LIVE_FRAME_MS = 80
 UPLOAD_FRAME_MS = 1000

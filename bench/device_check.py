@@ -17,11 +17,11 @@ import sys
 
 import numpy as np
 
-from streamd import tones
 from streamd.commands.transcribe import CHUNK_MS
 from streamd.engine.encoder_step import encoder_step
+from streamd.engine.loading import prepare_model
 from streamd.engine.stream import StreamOptions
-from streamd.models import prepare_model
+from streamd.models import tones
 from streamd.transcribe import transcribe
 
 

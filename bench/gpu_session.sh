@@ -17,7 +17,7 @@
 #   2. nemotron-0.6b (untrained: same shapes and FLOPs) built, calibrated to TOKENS_PER_SECOND (a
 #      trained model's token rate: Riva's figures are for a trained model; an untrained one emits
 #      10 tokens per frame and the decoder and transcripts then cost several times more;
-#      streamd.token_rate). TOKENS_PER_SECOND= (empty) keeps the untrained rate.
+#      streamd.models.token_rate). TOKENS_PER_SECOND= (empty) keeps the untrained rate.
 #   3. real-time capacity through the server at 160 and 1120 ms chunks (Riva NIM's published
 #      figures: >400 streams at 160 ms, >1500 at 1120 ms), default settings (encoder eager), the
 #      server logs kept. First a probe: a server with the tone model must answer /readyz 200

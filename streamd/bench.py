@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamd import tones
 from streamd.devices import synchronize
 from streamd.engine.engine import StreamingEngine
 from streamd.engine.stream import StreamOptions
 from streamd.engine.worker import freeze_long_lived_objects
+from streamd.models import tones
 
 
 @dataclass

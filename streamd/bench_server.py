@@ -40,9 +40,9 @@ import numpy as np
 import torch
 
 from clients.common import Pcm, SessionResult, percentiles, run_session
-from streamd import tones
 from streamd.bench import chunk_length_ms, run_engine, warm_up
 from streamd.log import get_logger
+from streamd.models import tones
 from streamd.oslimits import raise_open_files_limit
 from streamd.serverproc import ServerProcess, start_server
 

@@ -167,7 +167,7 @@ def build_engine(settings: ServeConfig) -> StreamingEngine:
     ``engine_process``)."""
     import torch
 
-    from streamd.models import UNTRAINED_WARNING, is_untrained, prepare_model
+    from streamd.engine.loading import UNTRAINED_WARNING, is_untrained, prepare_model
 
     s = settings
     if s.threads:

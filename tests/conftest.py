@@ -65,19 +65,20 @@ def tone_model_path() -> Path:
     return _cached_model(
         f"tones-seed{TONE_SEED}",
         ["--arch", "tiny", "--train", "tones", "--seed", str(TONE_SEED)],
-        ("streamd/training.py", "streamd/tones.py", "streamd/models.py"),
+        ("streamd/models/training.py", "streamd/models/tones.py", "streamd/models/architectures.py"),
     )
 
 
 @pytest.fixture(scope="session")
 def untrained_tiny_path() -> Path:
     """An UNTRAINED tiny model: for shapes and mechanics only, never for correctness."""
-    return _cached_model("untrained-tiny-seed0", ["--arch", "tiny", "--seed", "0"], ("streamd/models.py",))
+    return _cached_model("untrained-tiny-seed0", ["--arch", "tiny", "--seed", "0"],
+                         ("streamd/models/architectures.py",))
 
 
 @pytest.fixture(scope="session")
 def tone_model(tone_model_path: Path):
-    from streamd.models import load_model
+    from streamd.engine.loading import load_model
 
     return load_model(str(tone_model_path))
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamd import tones
 from streamd.engine.encoder_step import bucket, buckets_up_to, encoder_step
 from streamd.engine.engine import StreamingEngine
 from streamd.engine.stream import StreamOptions
-from streamd.models import ATT_CONTEXT_SIZES
+from streamd.models import tones
+from streamd.models.architectures import ATT_CONTEXT_SIZES
 from streamd.transcribe import transcribe_streaming
 
 

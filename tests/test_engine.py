@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from streamd import tones
 from streamd.engine.engine import StreamingEngine
 from streamd.engine.offline import encode_offline, transcribe_offline
 from streamd.engine.stream import StreamOptions
-from streamd.models import ATT_CONTEXT_SIZES
+from streamd.models import tones
+from streamd.models.architectures import ATT_CONTEXT_SIZES
 from streamd.transcribe import transcribe_streaming
 
 CHUNK_SAMPLES = {size: (size[1] + 1) * 1280 for size in ATT_CONTEXT_SIZES}  # (R+1) x 80 ms at 16 kHz
@@ -357,7 +357,7 @@ def test_endpointing_splits_utterances_at_silence(tone_model, rng):
 
 
 def test_decoder_cuda_graphs_switch_reaches_nemo_and_decoding_still_hears_the_letters(tone_model_path, rng):
-    from streamd.models import prepare_model
+    from streamd.engine.loading import prepare_model
 
     model = prepare_model(str(tone_model_path), "cpu", decoder_cuda_graphs=False)
     assert model.cfg.decoding.greedy.use_cuda_graph_decoder is False
@@ -372,7 +372,7 @@ def test_the_cuda_graph_decoders_own_code_path_hears_the_letters(tone_model_path
     largest batch seen, so a smaller group gets a padded state back (the engine keeps its own
     rows). Its graph-less mode runs that code on the CPU; streams of different lengths make the
     groups shrink step by step."""
-    from streamd.models import load_model
+    from streamd.engine.loading import load_model
 
     model = load_model(str(tone_model_path))
     computer = model.decoding.decoding.decoding_computer
@@ -392,7 +392,7 @@ def test_the_cuda_graph_decoders_own_code_path_hears_the_letters(tone_model_path
 def test_a_model_set_to_per_utterance_greedy_decoding_is_switched_to_label_looping(tone_model_path, rng):
     from omegaconf import open_dict
 
-    from streamd.models import load_model
+    from streamd.engine.loading import load_model
 
     model = load_model(str(tone_model_path))
     decoding = model.cfg.decoding.copy()

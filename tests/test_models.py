@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from streamd.models import ModelLoadError, build_model, is_untrained, load_model, parameter_count
+from streamd.engine.loading import ModelLoadError, is_untrained, load_model, parameter_count
+from streamd.models.architectures import build_model
 from tests.conftest import streamd_cli
 
 
@@ -48,9 +49,9 @@ def test_nemotron_architecture_matches_the_published_model():
 def test_micro_architecture_is_next_to_no_compute_and_streams_at_every_chunk_size(rng):
     """The overhead benchmarks' model: far smaller than tiny, and still a cache-aware model that the
     engine streams to a final at each chunk size."""
-    from streamd import tones
     from streamd.engine.engine import StreamingEngine
     from streamd.engine.stream import StreamOptions
+    from streamd.models import tones
     from streamd.transcribe import transcribe_streaming
 
     micro = build_model("micro")

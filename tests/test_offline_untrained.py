@@ -11,7 +11,7 @@ import torch
 from conftest import streamd_cli
 
 from streamd import cli
-from streamd.models import parameter_count
+from streamd.engine.loading import parameter_count
 from streamd.offline import untrained
 
 pytest_plugins = ["conftest_offline"]

@@ -6,7 +6,7 @@ import json
 
 import soundfile as sf
 
-from streamd import tones
+from streamd.models import tones
 from streamd.offline.report import OPS
 from tests.conftest import streamd_cli
 

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from streamd import tones
+from streamd.models import tones
 
 
 def test_a_stream_opened_after_the_device_failed_is_refused_at_once(tone_model, rng, monkeypatch):

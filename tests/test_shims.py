@@ -22,7 +22,7 @@ import torch._functorch.aot_autograd
 sys.path[:0] = [p for p in sys.argv[2:] if p]
 import numpy as np
 from streamd.shims import apply_shims
-from streamd.models import load_model
+from streamd.engine.loading import load_model
 from streamd.engine.engine import StreamingEngine
 model = load_model(sys.argv[1])
 engine = StreamingEngine(model, max_streams=1)

@@ -1,4 +1,4 @@
-"""Token-rate calibration of untrained benchmark models (streamd.token_rate), end to end: the CLI
+"""Token-rate calibration of untrained benchmark models (streamd.models.token_rate), end to end: the CLI
 builds and calibrates a model, and the streaming engine, on audio the calibration never saw,
 emits about the asked rate at every chunk size while the encoder stays the untrained one."""
 
@@ -25,9 +25,9 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 
 def streamed_tokens_per_second(model, size: tuple[int, int], audios: list[np.ndarray]) -> float:
-    from streamd import tones
     from streamd.engine.engine import StreamingEngine
     from streamd.engine.stream import StreamOptions
+    from streamd.models import tones
 
     engine = StreamingEngine(model, max_batch=len(audios), max_streams=len(audios))
     tokens = 0
@@ -42,9 +42,9 @@ def streamed_tokens_per_second(model, size: tuple[int, int], audios: list[np.nda
 
 
 def test_calibrated_model_streams_about_the_asked_token_rate_at_every_chunk_size(calibrated, untrained_tiny_path):
-    from streamd import tones
+    from streamd.engine.loading import load_model
     from streamd.engine.offline import transcribe_offline
-    from streamd.models import load_model
+    from streamd.models import tones
 
     path, summary = calibrated
     sizes = summary["token_rate"]["sizes"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from streamd.models.training import transducer_loss
 from streamd.nemo_import import import_nemo_asr
-from streamd.training import transducer_loss
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -8,7 +8,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from streamd import tones
+from streamd.models import tones
 from tests.conftest import streamd_cli
 
 

@@ -128,7 +128,7 @@ def _sizes(chunk_ms: list[int]) -> list[tuple[int, int]] | None:
 def _load(args: argparse.Namespace) -> Any:
     import torch
 
-    from streamd.models import prepare_model
+    from streamd.engine.loading import prepare_model
 
     torch.set_num_threads(args.threads)
     return prepare_model(args.model, args.device, args.dtype, args.decoder_cuda_graphs, args.encoder_cuda_graphs)
@@ -140,7 +140,7 @@ def _model_meta(args: argparse.Namespace, device: Any, config: Any) -> dict[str,
 
     origin = config.get("streamd") or {}
     arch = origin.get("arch", "unknown")
-    # An untrained model calibrated to a trained model's token rate (streamd.token_rate).
+    # An untrained model calibrated to a trained model's token rate (streamd.models.token_rate).
     tokens_per_second = (origin.get("token_rate") or {}).get("tokens_per_second")
     calibrated = f", calibrated to {tokens_per_second:g} tokens/s" if tokens_per_second else ""
     notes = ("" if args.decoder_cuda_graphs else ", decoder CUDA graphs off") + (

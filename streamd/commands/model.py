@@ -9,7 +9,8 @@ import time
 
 from omegaconf import OmegaConf
 
-from streamd.models import ARCHITECTURES, UNTRAINED_WARNING, build_model, parameter_count
+from streamd.engine.loading import UNTRAINED_WARNING, parameter_count
+from streamd.models.architectures import ARCHITECTURES, build_model
 from streamd.offline.untrained import GENERATED_TOKENS_MAX, architecture_names
 
 CALIBRATION_AUDIO_S = 60.0
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(letters a-h as sine tones) in about five minutes on a CPU. --tokens-per-second "
             "calibrates an untrained model to emit about that many tokens per second of speech-like "
             "audio, as a trained model does (an untrained one emits its maximum on every frame), so "
-            "that its speed benchmarks count a realistic decoder cost (streamd.token_rate)."
+            "that its speed benchmarks count a realistic decoder cost (streamd.models.token_rate)."
         ),
     )
     create.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))
@@ -73,7 +74,7 @@ def run_create(args: argparse.Namespace) -> int:
         if args.arch != "tiny":
             print("--train tones trains the tiny architecture only", file=sys.stderr)
             return 2
-        from streamd.training import train_tone_model
+        from streamd.models.training import train_tone_model
 
         model = train_tone_model(seed=args.seed, steps=args.steps)
         trained = dict(model.cfg.streamd.trained)
@@ -81,10 +82,10 @@ def run_create(args: argparse.Namespace) -> int:
         model = build_model(args.arch, seed=args.seed)
         trained = None
         if args.tokens_per_second is not None:
-            from streamd.token_rate import calibrate_token_rate, calibration_audio
+            from streamd.models.token_rate import calibrate_token_rate, calibration_audio
 
             calibrate_token_rate(model, args.tokens_per_second, calibration_audio(CALIBRATION_AUDIO_S))
-            token_rate = OmegaConf.to_container(model.cfg.streamd.token_rate)
+            token_rate = OmegaConf.to_container(model.cfg.streamd.models.token_rate)
     model.save_to(args.out)
     summary = {
         "out": args.out,

@@ -18,7 +18,7 @@ def run_tones(args: argparse.Namespace) -> int:
     import numpy as np
     import soundfile as sf
 
-    from streamd import tones
+    from streamd.models import tones
 
     letters = args.letters.replace(" ", "")
     unknown = sorted(set(letters) - set(tones.LETTERS))

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             _emit(result, args.json)
         return 1 if failed else 0
 
-    from streamd.models import UNTRAINED_WARNING, is_untrained, prepare_model
+    from streamd.engine.loading import UNTRAINED_WARNING, is_untrained, prepare_model
     from streamd.transcribe import transcribe
 
     model = prepare_model(args.model, args.device, args.dtype)

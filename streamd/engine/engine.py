@@ -47,10 +47,10 @@ from streamd.engine.decoding import tokens_to_text, tokens_to_words
 from streamd.engine.encoder_step import buckets_up_to, encoder_step
 from streamd.engine.endpointing import utterance_ended
 from streamd.engine.features import FeatureExtractor, append_samples
+from streamd.engine.loading import configure_decoding
 from streamd.engine.offline import frame_seconds, model_device_dtype
 from streamd.engine.stream import Stream, StreamOptions, StreamUpdate, Utterance
 from streamd.log import get_logger
-from streamd.models import configure_decoding
 from streamd.nemo_import import import_nemo_asr
 
 log = get_logger(__name__)
@@ -137,7 +137,7 @@ class StreamingEngine:
                                for size, cfg in self._streaming_cfgs.items()}
         self._encoder_step = encoder_step(model)  # eager, or CUDA graphs as prepare_model set
         # A benchmark model calibrated to a trained model's token rate asks for its joint's blank
-        # output bias to be set per chunk size (streamd.token_rate); any other model has none.
+        # output bias to be set per chunk size (streamd.models.token_rate); any other model has none.
         self._blank_bias = BlankBias(model)
         self.contexts = CacheAwareContextManager(_CacheSource(self.encoder, self.dtype, self.device), max_streams)
         self.decoder_states = DecoderStates(model, max_streams, self.device)  # rows indexed by the same slots

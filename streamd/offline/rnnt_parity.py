@@ -37,14 +37,14 @@ class RnntSideOutput:
 def parity_side(model_path: str, files: list[str], att_context_size: tuple[int, int], warmup: int, runs: int
                 ) -> Callable[[SideSpec], SideResult]:
     """A ``run_side`` for :func:`streamd.offline.report.run_checks`."""
-    from streamd.models import load_model
+    from streamd.engine.loading import load_model
 
     rate = int(load_model(model_path).cfg.preprocessor.sample_rate)
     audio = {path: load_audio(path, rate) for path in files}
     total_audio = sum(seconds for _, seconds in audio.values())
 
     def run(side: SideSpec) -> SideResult:
-        from streamd.models import prepare_model
+        from streamd.engine.loading import prepare_model
 
         model = prepare_model(model_path, side.device, side.dtype)
         device = next(model.parameters()).device

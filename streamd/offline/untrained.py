@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from streamd.models import parameter_count
+from streamd.engine.loading import parameter_count
 
 # Fields that differ from a Whisper directory's config.json (WhisperConfig names).
 WHISPER_ARCHITECTURES: dict[str, dict[str, Any]] = {

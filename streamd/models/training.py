@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamd import tones
 from streamd.log import get_logger
-from streamd.models import ATT_CONTEXT_SIZES, build_model, mark_origin
+from streamd.models import tones
+from streamd.models.architectures import ATT_CONTEXT_SIZES, build_model, mark_origin
 
 log = get_logger(__name__)
 

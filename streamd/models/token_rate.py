@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamd import tones
 from streamd.engine.blank_bias import blank_output
+from streamd.engine.loading import configure_decoding
 from streamd.engine.offline import encode_offline
-from streamd.models import configure_decoding, mark_origin
+from streamd.models import tones
+from streamd.models.architectures import mark_origin
 
 MAX_SYMBOLS = 2
 BISECTION_STEPS = 20
@@ -48,7 +49,7 @@ class TokenRate:
 
 
 def calibration_audio(seconds: float, seed: int = 1) -> list[np.ndarray]:
-    """The audio the benchmarks stream (:func:`streamd.tones.random_audio`), as 5 s utterances."""
+    """The audio the benchmarks stream (:func:`streamd.models.tones.random_audio`), as 5 s utterances."""
     rng = np.random.default_rng(seed)
     return [tones.random_audio(rng, 5.0) for _ in range(max(1, round(seconds / 5)))]
 
