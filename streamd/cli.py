@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "align",
     "bench",
     "tones",
+    "doctor",
 )
 
 
@@ -42,7 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
-    return int(args.func(args) or 0)
+    from streamd.devices import DeviceError  # torch: imported once a command runs
+
+    try:
+        return int(args.func(args) or 0)
+    except DeviceError as exc:  # a device or dtype this machine cannot use: the user's to fix, no traceback
+        print(f"streamd {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

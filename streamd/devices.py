@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
+import functools
 import os
 import re
 
 import torch
 
+from streamd import npu
 from streamd.log import get_logger
 
 log = get_logger(__name__)
@@ -33,25 +34,17 @@ def parse_dtype(name: str) -> torch.dtype:
 
 
 def _npu_available() -> bool:
-    """True when torch_npu imports and sees at least one NPU (never raises)."""
-    try:
-        importlib.import_module("torch_npu")
-    except Exception:
-        return False
-    return bool(getattr(torch, "npu", None) and torch.npu.is_available())
+    """True when torch_npu loads and sees an NPU (never raises). An installed torch_npu that
+    cannot load is passed over with one warning saying why and how to fix it."""
+    state = npu.load_torch_npu()
+    if state.installed and not state.loaded:
+        _warn_npu_passed_over(state.problem or "")
+    return npu.device_count() > 0
 
 
-def _load_torch_npu() -> None:
-    # The caching allocator fragments badly under streaming's many small, varying tensors;
-    # expandable segments is Ascend's recommendation. A user's own setting wins.
-    os.environ.setdefault("PYTORCH_NPU_ALLOC_CONF", "expandable_segments:True")
-    try:
-        importlib.import_module("torch_npu")
-    except ImportError as exc:
-        raise DeviceError(
-            "device 'npu' needs the optional package torch_npu (pip install 'streamd[npu]' "
-            f"matching your CANN and torch versions): {exc}"
-        ) from exc
+@functools.cache  # once per process, however many devices are resolved
+def _warn_npu_passed_over(problem: str) -> None:
+    log.warning("device auto: torch_npu cannot load, so no NPU is used", reason=problem)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -83,9 +76,16 @@ def resolve_device(spec: str = "auto") -> torch.device:
         if index >= torch.cuda.device_count():
             raise DeviceError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) present")
         return torch.device("cuda", index)
-    _load_torch_npu()
+    state = npu.load_torch_npu()
+    if not state.loaded:
+        raise DeviceError(f"device {spec!r}: {state.problem}")
     if not torch.npu.is_available():
-        raise DeviceError(f"device {spec!r} requested: torch_npu imported but no Ascend NPU is visible")
+        visible = os.environ.get(npu.VISIBLE_DEVICES_VARIABLE)
+        raise DeviceError(
+            f"device {spec!r} requested: torch_npu loaded but no Ascend NPU is visible (is the driver "
+            f"installed? npu-smi info lists the devices; {npu.VISIBLE_DEVICES_VARIABLE}="
+            f"{visible if visible is not None else '(unset)'})"
+        )
     if index >= torch.npu.device_count():
         raise DeviceError(f"device {spec!r}: only {torch.npu.device_count()} NPU(s) present")
     return torch.device("npu", index)

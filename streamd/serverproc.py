@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,17 +162,19 @@ def server_command(model: str | Path, port: int, overrides: Sequence[str],
 
 
 def start_server(model: str | Path, log_path: Path, ready_timeout_s: float = 300,
-                 python_args: Sequence[str] = ("-m", "streamd"), **settings: Any) -> ServerProcess:
+                 python_args: Sequence[str] = ("-m", "streamd"), env: Mapping[str, str] | None = None,
+                 **settings: Any) -> ServerProcess:
     """``python -m streamd serve`` on a free port; returns once ``/readyz`` answers 200.
 
     ``python_args`` replace ``-m streamd``: ``("-c", CODE)`` runs CODE, which must end by calling
     ``streamd.cli.main(sys.argv[1:])``, in the server process first (tests inject faults so).
+    ``env``: the server's environment (default this process's).
     """
     port = free_port()
     with log_path.open("w") as log:
         process = subprocess.Popen(
             server_command(model, port, [f"{key}={value}" for key, value in settings.items()], python_args),
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
         )
     server = ServerProcess(process, port, log_path)
     deadline = time.monotonic() + ready_timeout_s

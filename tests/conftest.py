@@ -33,11 +33,13 @@ def _code_hash(*relative: str) -> str:
     return digest.hexdigest()[:10]
 
 
-def streamd_cli(*args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``python -m streamd ARGS`` and return the completed process (text mode)."""
+def streamd_cli(*args: str, timeout: float = 900, check: bool = True,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m streamd ARGS`` (in ``env``, default this process's environment) and return
+    the completed process (text mode)."""
     proc = subprocess.run(
         [sys.executable, "-m", "streamd", "--log-format", "json", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"streamd {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")

@@ -1,4 +1,5 @@
-"""Device and dtype selection. The NPU cases use a mock torch_npu: we have no Ascend hardware."""
+"""Device and dtype selection. The NPU cases use a MOCK torch_npu: we have no Ascend hardware
+(tests/test_npu_wheel.py runs the real torch_npu wheel, without the Ascend runtime)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ import types
 import pytest
 import torch
 
+from streamd import npu
 from streamd.devices import DeviceError, parse_dtype, resolve_device
+
+
+@pytest.fixture(autouse=True)
+def fresh_torch_npu_state():
+    """Each test imports torch_npu (or its mock) afresh: the import is cached per process."""
+    npu.load_torch_npu.cache_clear()
+    yield
+    npu.load_torch_npu.cache_clear()
 
 
 def test_auto_falls_back_to_cpu_without_accelerators():
@@ -27,8 +37,9 @@ def test_missing_cuda_is_a_clear_error():
 
 def test_missing_torch_npu_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_npu", None)  # makes `import torch_npu` raise
-    with pytest.raises(DeviceError, match="torch_npu"):
+    with pytest.raises(DeviceError, match="torch_npu is not installed"):
         resolve_device("npu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_unknown_device_and_dtype_are_refused():
@@ -64,3 +75,31 @@ def test_mock_npu_keeps_a_user_allocator_setting(monkeypatch, mock_torch_npu):
     monkeypatch.setenv("PYTORCH_NPU_ALLOC_CONF", "max_split_size_mb:128")
     resolve_device("npu")
     assert os.environ["PYTORCH_NPU_ALLOC_CONF"] == "max_split_size_mb:128"
+
+
+@pytest.mark.parametrize(("visible", "ids"), [
+    (None, None),  # unset: npu:N is device N
+    ("1", [1]),
+    ("4,5", [4, 5]),
+    ("1, 2,3", [1]),  # Ascend's own example: reading stops at the space
+    ("1,2,-1,3", [1, 2]),  # and at an invalid ID
+])
+def test_ascend_visible_devices_are_read_as_the_runtime_reads_them(visible, ids):
+    assert npu.visible_device_ids(visible) == ids
+
+
+def test_logical_npu_indexes_name_the_visible_devices():
+    assert npu.logical_devices(2, "4,5") == [{"device": "npu:0", "device_id": 4}, {"device": "npu:1", "device_id": 5}]
+    assert npu.logical_devices(2, None) == [{"device": "npu:0", "device_id": 0}, {"device": "npu:1", "device_id": 1}]
+
+
+def test_mock_npu_doctor_reports_the_npus_and_their_devices(monkeypatch, mock_torch_npu):
+    """MOCK torch_npu seeing two NPUs: doctor's NPU part maps each npu:N to its Ascend device."""
+    from streamd.doctor import npu_report
+
+    monkeypatch.setattr(torch.npu, "device_count", lambda: 2)
+    monkeypatch.setenv(npu.VISIBLE_DEVICES_VARIABLE, "6,7")
+    report = npu_report()
+    assert report["runtime_loads"] and report["problem"] is None
+    assert report["devices"] == 2
+    assert report["logical_devices"] == [{"device": "npu:0", "device_id": 6}, {"device": "npu:1", "device_id": 7}]

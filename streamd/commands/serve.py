@@ -35,6 +35,15 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"streamd serve: {exc}", file=sys.stderr)
         return 2
+    from streamd.devices import parse_dtype, resolve_device
+
+    # The model loads on the engine's worker (a thread, or a process of its own): a device or dtype
+    # this machine cannot use fails here, with exit code 2 (streamd.cli), instead of in there.
+    # `auto` always resolves (the CPU at worst) and is left to the worker, which warns once if it
+    # passes over an NPU that cannot load.
+    if settings.device.strip().lower() != "auto":
+        resolve_device(settings.device)
+    parse_dtype(settings.dtype)
     from streamd.server import run_server
 
     return asyncio.run(run_server(settings))
