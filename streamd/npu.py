@@ -53,7 +53,7 @@ def set_env_hint() -> str:
         return f"source {found} (the CANN toolkit's environment script) in the shell that runs streamd"
     return ("source the CANN toolkit's set_env.sh in the shell that runs streamd (CANN 8.5: "
             "/usr/local/Ascend/cann/set_env.sh; earlier: /usr/local/Ascend/ascend-toolkit/set_env.sh; "
-            "none is there: is CANN installed?)")
+            "neither exists here: is CANN installed?)")
 
 
 def _installed_version() -> str | None:
