@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from clients.common import percentiles
-from streamd.bench import machine_description
-from streamd.bench_server import run_sessions, serving, update_latencies
+from streamd.bench.machine import machine_description
+from streamd.bench.server import run_sessions, serving, update_latencies
 from streamd.models import tones
 
 LIVE_FRAME_MS = 80

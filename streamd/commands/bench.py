@@ -1,4 +1,4 @@
-"""``streamd bench engine|server``: measured speed and memory, as JSON plus a markdown table.
+"""``streamd bench engine|server|offline``: measured speed and memory, as JSON plus a markdown table.
 
 ``engine`` steps the engine directly (throughput, step latency, batching gain); ``server``
 drives a real server child process with real clients (overhead, real-time capacity, memory).
@@ -136,7 +136,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 def _model_meta(args: argparse.Namespace, device: Any, config: Any) -> dict[str, Any]:
     """What a streaming benchmark ran on: one model (its config), one device and dtype."""
-    from streamd.bench import machine_description
+    from streamd.bench.machine import machine_description
 
     origin = config.get("streamd") or {}
     arch = origin.get("arch", "unknown")
@@ -188,18 +188,18 @@ def _report(args: argparse.Namespace, meta: dict[str, Any], results: list[dict[s
 
 
 def run_engine_bench(args: argparse.Namespace) -> int:
-    from streamd.bench import batching_benchmark, markdown_table
+    from streamd.bench.engine import batching_benchmark, engine_table
 
     sizes = _sizes(args.chunk_ms)
     if sizes is None:
         return 2
     model = _load(args)
     rows = batching_benchmark(model, args.streams, sizes, args.seconds, sequential=not args.no_sequential)
-    return _report(args, _loaded_meta(args, model), rows, [("Engine", markdown_table(rows))])
+    return _report(args, _loaded_meta(args, model), rows, [("Engine", engine_table(rows))])
 
 
 def run_server_bench(args: argparse.Namespace) -> int:
-    from streamd import bench_server
+    from streamd.bench import server as server_bench
 
     sizes = _sizes(args.chunk_ms)
     unknown = set(args.scenarios) - set(SERVER_SCENARIOS)
@@ -233,33 +233,33 @@ def run_server_bench(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     tables = []
     if "overhead" in args.scenarios:
-        rows = [bench_server.overhead(model, args.model, size, args.streams, args.seconds, settings,
+        rows = [server_bench.overhead(model, args.model, size, args.streams, args.seconds, settings,
                                         repeats=args.repeats, log_dir=args.server_log_dir)
                 for size in sizes]
         results += rows
-        tables.append(("Server overhead", bench_server.overhead_table(rows)))
+        tables.append(("Server overhead", server_bench.overhead_table(rows)))
     if "capacity" in args.scenarios:
-        rows = [bench_server.capacity(model, args.model, size, args.ramp, args.seconds, settings,
+        rows = [server_bench.capacity(model, args.model, size, args.ramp, args.seconds, settings,
                                         args.max_batch, frame_ms=args.frame_ms, aligned=not args.no_aligned,
                                         ceiling=not args.no_ceiling, client_processes=args.client_processes,
                                         log_dir=args.server_log_dir)
                 for size in sizes]
         results += rows
-        tables.append(("Real-time capacity", bench_server.capacity_table(rows)))
+        tables.append(("Real-time capacity", server_bench.capacity_table(rows)))
     if "memory" in args.scenarios:
-        row = bench_server.soak(args.model, args.soak_minutes, min(args.streams, 8), args.chunk_ms[-1], settings,
+        row = server_bench.soak(args.model, args.soak_minutes, min(args.streams, 8), args.chunk_ms[-1], settings,
                                 log_dir=args.server_log_dir)
-        row["cache_bytes_per_stream"] = bench_server.cache_bytes_per_stream(model)
+        row["cache_bytes_per_stream"] = server_bench.cache_bytes_per_stream(model)
         results.append(row)
-        tables.append(("Memory", bench_server.memory_table(row)))
+        tables.append(("Memory", server_bench.memory_table(row)))
     return _report(args, meta, results, tables)
 
 
 def run_offline_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from streamd import bench_offline
-    from streamd.bench import machine_description
+    from streamd.bench import offline as offline_bench
+    from streamd.bench.machine import machine_description
     from streamd.devices import DeviceError
     from streamd.offline.report import SideSpec
 
@@ -272,9 +272,9 @@ def run_offline_bench(args: argparse.Namespace) -> int:
     try:
         rows = []
         if args.whisper:
-            rows += bench_offline.whisper_rows(args.whisper, args.audio, sides, args.warmup, args.runs)
+            rows += offline_bench.whisper_rows(args.whisper, args.audio, sides, args.warmup, args.runs)
         if args.aligner:
-            rows += bench_offline.aligner_rows(args.aligner, args.audio, args.transcript, sides, args.warmup,
+            rows += offline_bench.aligner_rows(args.aligner, args.audio, args.transcript, sides, args.warmup,
                                                args.runs)
     except (DeviceError, ValueError, OSError) as exc:
         print(f"streamd bench offline: {exc}", file=sys.stderr)
@@ -284,4 +284,4 @@ def run_offline_bench(args: argparse.Namespace) -> int:
     meta = {"machine": machine, "whisper": args.whisper, "aligner": args.aligner, "audio": args.audio,
             "sides": [f"device={s.device},dtype={s.dtype}" for s in sides],
             "title": "Whisper and aligner, " + "; ".join(f"{s.device} {s.dtype}" for s in sides)}
-    return _report(args, meta, rows, [("Offline", bench_offline.offline_table(rows))])
+    return _report(args, meta, rows, [("Offline", offline_bench.offline_table(rows))])

@@ -4,7 +4,7 @@ All three drive a real ``streamd serve`` child process (:mod:`streamd.serverproc
 WebSocket clients (:mod:`clients.common`) on loopback, so what they measure is what a user gets:
 the event loop, the protocol, resampling and the engine worker together.
 
-- Overhead: the same streams as :func:`streamd.bench.run_engine`, sent as fast as the server
+- Overhead: the same streams as :func:`streamd.bench.engine.run_engine`, sent as fast as the server
   takes them, against the engine stepped directly in this process with the same thread count.
   Added latency per message: one real-time stream's update latency through the server minus
   the engine's own step latency for one stream.
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from clients.common import Pcm, SessionResult, percentiles, run_session
-from streamd.bench import chunk_length_ms, run_engine, warm_up
+from streamd.bench.engine import chunk_length_ms, run_engine, warm_up
 from streamd.log import get_logger
 from streamd.models import tones
 from streamd.oslimits import raise_open_files_limit

@@ -9,8 +9,6 @@ ratio is the batching gain.
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -149,27 +147,7 @@ def batching_benchmark(model: Any, stream_counts: list[int], sizes: list[tuple[i
     return results
 
 
-def machine_description(device: torch.device, threads: int | None = None) -> str:
-    """The device; on a CPU, its cores and the torch threads a run used (``threads``: those of
-    a run in other processes, e.g. the servers; default: this process's)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_name()}, {os.cpu_count()} cores, torch threads {threads or torch.get_num_threads()}"
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def engine_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| chunk ms | streams | RTFx | step p50 ms | step p99 ms | batching gain | tokens/s "
         "| tokens per s of audio | features / encoder / decoder / other ms per step | NeMo encoder step alone ms |",
