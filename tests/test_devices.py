@@ -12,6 +12,7 @@ import torch
 
 from streamd import npu
 from streamd.devices import DeviceError, parse_dtype, resolve_device
+from tests.conftest import streamd_cli
 
 
 @pytest.fixture(autouse=True)
@@ -103,3 +104,15 @@ def test_mock_npu_doctor_reports_the_npus_and_their_devices(monkeypatch, mock_to
     assert report["runtime_loads"] and report["problem"] is None
     assert report["devices"] == 2
     assert report["logical_devices"] == [{"device": "npu:0", "device_id": 6}, {"device": "npu:1", "device_id": 7}]
+
+
+@pytest.mark.parametrize("args", [
+    ("transcribe", "x.wav", "--model", "m.nemo", "--device", "tpu"),
+    ("serve", "model=m.nemo", "dtype=int8"),
+    ("serve", "model=m.nemo", "device=npu:x"),
+], ids=["transcribe-device", "serve-dtype", "serve-device"])
+def test_an_unusable_device_or_dtype_is_exit_code_2_before_any_model_loads(args):
+    proc = streamd_cli(*args, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert f"streamd {args[0]}: unknown d" in proc.stderr  # "unknown device ..." or "unknown dtype ..."
