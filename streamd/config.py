@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from hydra import compose, initialize
@@ -35,6 +35,16 @@ class ServeConfig:
     model: str = MISSING  # .nemo file or pretrained model name
     host: str = "127.0.0.1"
     port: int = 8765  # 0 = any free port (logged at start)
+    # Access (docs/security.md): tokens for sessions and /metrics; required off loopback.
+    auth_tokens_file: str = ""  # one token per line; also $STREAMD_AUTH_TOKENS
+    allow_unauthenticated: bool = False  # serve a non-loopback host without tokens anyway
+    allowed_origins: list[str] = field(default_factory=list)  # browser origins besides the server's own; * = any
+    tls_cert: str = ""  # PEM certificate (chain): wss:// and https:// on every port
+    tls_key: str = ""  # its PEM private key
+    # Listeners of protocols whose clients cannot choose a path (docs/protocols.md); 0 = off.
+    whisperlive_port: int = 0
+    vosk_port: int = 0
+    sherpa_port: int = 0
     device: str = "auto"  # auto|cpu|cuda[:N]|npu[:N]
     dtype: str = "float32"  # float32|float16|bfloat16
     threads: int = 1  # torch CPU threads for model work; 0 = torch's default (one per core)
@@ -50,11 +60,21 @@ class ServeConfig:
     max_message_bytes: int = 1_048_576  # larger frames end the session (message_too_big)
     idle_timeout_s: float = 30.0  # no client message this long ends the session
     max_session_s: float = 3600.0  # audio seconds one session may stream
+    max_sessions_per_ip: int = 16  # concurrent sessions from one client address (HTTP 429 beyond); 0 = no limit
+    config_timeout_s: float = 10.0  # from the upgrade until the session's stream starts (its config)
+    max_session_wall_s: float = 14400.0  # wall-clock seconds one session may last
+    max_backlog_s: float = 30.0  # audio received but not yet processed, per session: reading pauses beyond
+    send_timeout_s: float = 10.0  # a client that takes no message for this long is closed (slow_reader)
     shutdown_timeout_s: float = 30.0  # on SIGTERM, how long active streams get to finish
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError("port must be between 0 and 65535")
+        ports = ("port", "whisperlive_port", "vosk_port", "sherpa_port")
+        for name in ports:
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be between 0 and 65535")
+        chosen = [getattr(self, name) for name in ports if getattr(self, name)]
+        if len(set(chosen)) < len(chosen):
+            raise ValueError(f"{', '.join(ports)} must differ (0 excepted)")
         for name in ("threads", "warmup_batch", "load_log_interval_s", "batch_window_ms"):
             if getattr(self, name) < 0:  # 0 has a meaning for each (docs/server.md)
                 raise ValueError(f"{name} must be 0 or more")
@@ -63,9 +83,14 @@ class ServeConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be at least 1024")
-        for name in ("idle_timeout_s", "max_session_s", "shutdown_timeout_s"):
+        for name in ("idle_timeout_s", "max_session_s", "shutdown_timeout_s", "config_timeout_s",
+                     "max_session_wall_s", "max_backlog_s", "send_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.max_sessions_per_ip < 0:
+            raise ValueError("max_sessions_per_ip must be 0 (no limit) or more")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
 
 
 def config_keys(schema: type) -> list[str]:

@@ -79,6 +79,23 @@ def untrained_tiny_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def compat_python() -> Path:
+    """The Python of a venv with other servers' own client packages (tests/compat_clients/), built
+    once and cached like the models: their pins clash with the daemon's venv."""
+    folder = "tests/compat_clients"
+    venv = CACHE / f"compat-clients-{_code_hash(f'{folder}/requirements.txt', f'{folder}/no-deps.txt')}"
+    if not (venv / "bin" / "python").exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        partial = venv.with_name(f"{venv.name}.{os.getpid()}.partial")
+        subprocess.run([sys.executable, "-m", "venv", str(partial)], check=True)
+        pip = [str(partial / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        subprocess.run([*pip, "-r", str(ROOT / folder / "requirements.txt")], check=True, timeout=1200)
+        subprocess.run([*pip, "--no-deps", "-r", str(ROOT / folder / "no-deps.txt")], check=True, timeout=600)
+        partial.rename(venv)
+    return venv / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
 def tone_model(tone_model_path: Path):
     from streamd.engine.loading import load_model
 

@@ -1,4 +1,4 @@
-"""Message parsing and building (streamd.protocol) against docs/protocol.md; no model, no server."""
+"""Message parsing and building (streamd.server.protocols.native) against docs/protocol.md; no model, no server."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from streamd import protocol
 from streamd.engine.decoding import Word
 from streamd.engine.stream import Utterance
-from streamd.protocol import ErrorCode, ModelInfo, ProtocolError
+from streamd.server.protocols import native as protocol
+from streamd.server.wire import ErrorCode, ModelInfo, ProtocolError
 
 SIZES = [(70, 13), (70, 6), (70, 1), (70, 0)]
 MODEL = ModelInfo.describe("tones", 16000, SIZES, frame_s=0.08, default_chunk_ms=1120)

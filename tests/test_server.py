@@ -29,8 +29,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from clients.common import Pcm, SessionResult, run_session
-from streamd import protocol
 from streamd.models import tones
+from streamd.server.protocols import native as protocol
 from streamd.serverproc import ServerProcess, ServerStartError, start_server, stat_fields
 
 CHUNKS_MS = (80, 160, 560, 1120)

@@ -44,6 +44,29 @@ def run(args: argparse.Namespace) -> int:
     if settings.device.strip().lower() != "auto":
         resolve_device(settings.device)
     parse_dtype(settings.dtype)
-    from streamd.server import run_server
+    if (problem := _access_problem(settings)) is not None:
+        print(f"streamd serve: {problem}", file=sys.stderr)
+        return 2
+    from streamd.server.app import run_server
 
     return asyncio.run(run_server(settings))
+
+
+def _access_problem(settings: ServeConfig) -> str | None:
+    """Why the access settings cannot be served (docs/security.md), or None."""
+    from streamd.server.access import AccessError, is_loopback, load_tokens
+    from streamd.server.app import tls_context
+
+    try:
+        tokens = load_tokens(settings.auth_tokens_file)
+    except AccessError as exc:
+        return str(exc)
+    if not tokens and not is_loopback(settings.host) and not settings.allow_unauthenticated:
+        return (f"host={settings.host} is reachable from other machines and no tokens are set: give "
+                "auth_tokens_file=PATH (or $STREAMD_AUTH_TOKENS), or allow_unauthenticated=true if "
+                "something in front of streamd authenticates (docs/security.md)")
+    try:
+        tls_context(settings.tls_cert, settings.tls_key)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        return f"tls_cert/tls_key cannot be used: {exc}"
+    return None

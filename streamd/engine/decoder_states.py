@@ -28,6 +28,7 @@ class DecodedGroup:
 
     tokens: list[list[int]]  # per row: this call's tokens
     frames: list[list[int]]  # per row: their encoder frames, counted from the stream's start
+    probabilities: list[list[float]]  # per row: the model's probability of each token
     state: Any  # NeMo's BatchedLabelLoopingState after the call (rows may exceed the group: CUDA graphs pad)
 
 
@@ -74,12 +75,18 @@ class DecoderStates:
         hyps, state = self._computer()(
             x=encoded.transpose(1, 2), out_len=lengths, prev_batched_state=_rebuild(self._template, previous))
         count = len(slots)
-        lengths_nb, labels, stamps, *_ = hyps.get_data_without_blank()
+        lengths_nb, labels, stamps, _, confidence = hyps.get_data_without_blank()
         counts = lengths_nb[:count].tolist()
         width = max(counts, default=0)
         both = torch.stack((labels[:count, :width], stamps[:count, :width])).tolist()  # one transfer
+        # NeMo's max_prob confidence (alpha 1) is (v p - 1) / (v - 1) over v outputs (the
+        # vocabulary and blank); the emitted token is the most likely output, so p is its probability.
+        outputs = self._computer()._blank_index + 1
+        probabilities = ((confidence[:count, :width].float() * (outputs - 1) + 1) / outputs).tolist()
         return DecodedGroup(tokens=[row[:n] for row, n in zip(both[0], counts)],
-                            frames=[row[:n] for row, n in zip(both[1], counts)], state=state)
+                            frames=[row[:n] for row, n in zip(both[1], counts)],
+                            probabilities=[[round(p, 4) for p in row[:n]] for row, n in zip(probabilities, counts)],
+                            state=state)
 
     def commit(self, slots: torch.Tensor, decoded: DecodedGroup) -> None:
         """Write a decoded group's new states into its slots' rows."""

@@ -47,7 +47,7 @@ from streamd.engine.decoding import tokens_to_text, tokens_to_words
 from streamd.engine.encoder_step import buckets_up_to, encoder_step
 from streamd.engine.endpointing import utterance_ended
 from streamd.engine.features import FeatureExtractor, append_samples
-from streamd.engine.loading import configure_decoding
+from streamd.engine.loading import STREAMING_GREEDY, configure_decoding
 from streamd.engine.offline import frame_seconds, model_device_dtype
 from streamd.engine.stream import Stream, StreamOptions, StreamUpdate, Utterance
 from streamd.log import get_logger
@@ -115,8 +115,9 @@ class StreamingEngine:
             raise ValueError("the model's encoder is not cache-aware (att_context_style chunked_limited)")
         # Label-looping batched greedy decoding: it batches all streams of a step and continues
         # each from its decoder state alone (DecoderStates).
-        if configure_decoding(model, "greedy_batch", loop_labels=True):
-            log.info("decoding switched to greedy_batch with label looping (streaming needs it)")
+        if configure_decoding(model, "greedy_batch", **STREAMING_GREEDY):
+            log.info("decoding switched to greedy_batch with label looping and token probabilities "
+                     "(streaming needs them)")
         self.att_context_sizes = [tuple(s) for s in self.encoder.att_context_size_all]
         self.sample_rate = int(model.cfg.preprocessor.sample_rate)
         self.subsampling = int(self.encoder.subsampling_factor)
@@ -392,8 +393,8 @@ class StreamingEngine:
         stats.encoder_s += t1 - t0 + time.perf_counter() - t2
         stats.decoder_s += t2 - t1
         stats.model_calls += 1
-        for i, (stream, frames, history, tokens, token_frames, n_out) in enumerate(
-                zip(group, fed, histories, decoded.tokens, decoded.frames, encoded_len.tolist())):
+        for i, (stream, frames, history, tokens, token_frames, probabilities, n_out) in enumerate(zip(
+                group, fed, histories, decoded.tokens, decoded.frames, decoded.probabilities, encoded_len.tolist())):
             if self.record_encoder_output:
                 self.encoder_outputs[stream.stream_id].append(encoded[i, :, :n_out].float().cpu())
             stream.drop_frames(frames)
@@ -403,6 +404,7 @@ class StreamingEngine:
             # state keeps the offset).
             stream.tokens.extend(tokens)
             stream.frames.extend(token_frames)
+            stream.probabilities.extend(probabilities)
             stream.encoder_frames += int(n_out)
             updates.setdefault(stream.stream_id, StreamUpdate(stream.stream_id))
 
@@ -481,25 +483,25 @@ class StreamingEngine:
             return stream.frames[-1]
         return None
 
-    def _utterance_tokens(self, stream: Stream) -> tuple[list[int], list[int]]:
+    def _utterance_tokens(self, stream: Stream) -> tuple[list[int], list[int], list[float]]:
         first = stream.utterance_first_token
-        return stream.tokens[first:], stream.frames[first:]
+        return stream.tokens[first:], stream.frames[first:], stream.probabilities[first:]
 
     def _set_partial(self, stream: Stream, update: StreamUpdate) -> None:
         if len(stream.tokens) - stream.utterance_first_token == stream.partial_tokens:
             return  # no new token since the last partial, so no new text: skip detokenizing
-        tokens, _ = self._utterance_tokens(stream)
+        tokens, _, probabilities = self._utterance_tokens(stream)
         stream.partial_tokens = len(tokens)
         text = tokens_to_text(self.model.tokenizer, tokens)
         if text != stream.last_partial:
             stream.last_partial = text
-            update.partial, update.partial_tokens = text, tokens
+            update.partial, update.partial_tokens, update.partial_probabilities = text, tokens, probabilities
 
     def _end_utterance(self, stream: Stream, reason: str, update: StreamUpdate) -> None:
-        tokens, frames = self._utterance_tokens(stream)
+        tokens, frames, probabilities = self._utterance_tokens(stream)
         audio_s = stream.features.samples_total / self.sample_rate
         end = min(stream.encoder_frames * self.frame_s, audio_s) if reason != "eof" else audio_s
-        words = (tokens_to_words(self.model.tokenizer, tokens, frames, self.frame_s)
+        words = (tokens_to_words(self.model.tokenizer, tokens, frames, self.frame_s, probabilities)
                  if stream.options.word_timestamps else [])
         update.finals.append(Utterance(
             index=stream.utterance_index,
@@ -509,6 +511,7 @@ class StreamingEngine:
             start=round(stream.utterance_start, 3),
             end=round(end, 3),
             reason=reason,
+            probabilities=probabilities,
         ))
         stream.utterance_index += 1
         stream.utterance_first_token = len(stream.tokens)

@@ -112,7 +112,15 @@ def set_decoder_cuda_graphs(model: Any, enabled: bool) -> None:
 
 
 # NeMo's values for the greedy options streamd sets, where a model's config leaves them out.
-_GREEDY_DEFAULTS = {"loop_labels": True, "use_cuda_graph_decoder": True}
+_GREEDY_DEFAULTS = {"loop_labels": True, "use_cuda_graph_decoder": True, "preserve_frame_confidence": False,
+                    "confidence_method_cfg": None}
+# What the streaming engine decodes with: NeMo's label-looping batched greedy decoder (it batches
+# all streams of a step and continues each from its decoder state alone), recording for each
+# emitted token the model's probability of it: NeMo's "max_prob" measure with alpha 1, which
+# streamd.engine.decoder_states turns back into the probability (protocols report it as
+# confidence). It changes no decision, only what is recorded.
+STREAMING_GREEDY = {"loop_labels": True, "preserve_frame_confidence": True,
+                    "confidence_method_cfg": {"name": "max_prob", "alpha": 1.0}}
 
 
 def configure_decoding(model: Any, strategy: str | None = None, **greedy: Any) -> bool:

@@ -33,9 +33,17 @@ class Utterance:
     start: float
     end: float
     reason: str
+    probabilities: list[float] = field(default_factory=list)  # of each token, as the model gave it
 
     def __reduce__(self) -> tuple[type, tuple[Any, ...]]:  # see StreamUpdate.__reduce__
-        return Utterance, (self.index, self.text, self.tokens, self.words, self.start, self.end, self.reason)
+        return Utterance, (self.index, self.text, self.tokens, self.words, self.start, self.end, self.reason,
+                           self.probabilities)
+
+    @property
+    def confidence(self) -> float:
+        """The mean of its words' confidences (0 without words)."""
+        known = [w.confidence for w in self.words if w.confidence is not None]
+        return round(sum(known) / len(known), 4) if known else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -50,6 +58,7 @@ class StreamUpdate:
     stream_id: int
     partial: str | None = None  # whole current-utterance text, when it changed
     partial_tokens: list[int] = field(default_factory=list)
+    partial_probabilities: list[float] = field(default_factory=list)  # of each partial token
     finals: list[Utterance] = field(default_factory=list)
     finished: bool = False
     audio_seconds: float = 0.0
@@ -59,8 +68,8 @@ class StreamUpdate:
         # Positional fields, not the default state dict: an engine process sends hundreds of
         # updates per step across its pipe; with Utterance's and Word's, a fifth less time
         # (400 updates: 1.1 -> 0.9 ms to pickle and load, docs/benchmarks.md).
-        return StreamUpdate, (self.stream_id, self.partial, self.partial_tokens, self.finals, self.finished,
-                              self.audio_seconds, self.failure)
+        return StreamUpdate, (self.stream_id, self.partial, self.partial_tokens, self.partial_probabilities,
+                              self.finals, self.finished, self.audio_seconds, self.failure)
 
 
 @dataclass(eq=False)  # identity, not field-by-field tensor comparison
@@ -80,6 +89,7 @@ class Stream:
     steps: int = 0
     tokens: list[int] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)  # of each token
     utterance_first_token: int = 0
     utterance_index: int = 0
     utterance_start: float = 0.0

@@ -1,12 +1,13 @@
-"""One WebSocket connection, one engine stream: the session state machine of docs/protocol.md.
+"""The protocol-neutral session core: one connection, one engine stream, whatever the wire protocol.
 
-A session reads the ``config``, answers ``ready``, then turns binary frames into model-rate
-audio (decode, down-mix, resample) for the engine while a writer task forwards the engine's
-updates as ``partial``/``final`` messages. However the stream ends — client ``eof``, a client
-error, idle timeout, the session length limit, server shutdown — a stream that has audio is
-ended in the engine and its ``final`` is sent before anything else (no transcript is lost);
-a client that vanishes has its stream dropped at once. Bad input never reaches the engine:
-every frame is checked here first.
+A session asks its adapter (:mod:`streamd.server.protocols`) what each client frame means — start
+the stream with a config, audio, finalize, end, a reply — and what to send for each of its
+stream's events, while it owns what every protocol shares: the engine stream, decoding and
+resampling the audio, the limits (frame size, idle time, session length), and the end. However
+the stream ends — the client's end of audio, a client error, idle timeout, the session length
+limit, server shutdown — a stream that has audio is ended in the engine and its final goes out
+before anything else (no transcript is lost); a client that vanishes has its stream dropped at
+once. Bad input never reaches the engine: every frame is checked here or by the adapter first.
 """
 
 from __future__ import annotations
@@ -14,20 +15,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from streamd import protocol
 from streamd.audio import AudioError, PcmFormat, StreamResampler
 from streamd.config import ServeConfig
 from streamd.engine.runner import Delivery, EngineRunner
 from streamd.engine.stream import StreamOptions
 from streamd.engine.worker import EngineFailure
 from streamd.log import get_logger
-from streamd.protocol import ErrorCode, ModelInfo, ProtocolError, SessionConfig
+from streamd.server.protocols.base import Adapter
+from streamd.server.wire import (
+    END_REASONS,
+    Action,
+    Audio,
+    End,
+    ErrorCode,
+    Event,
+    Final,
+    Finalize,
+    ModelInfo,
+    Partial,
+    ProtocolError,
+    Send,
+    SessionConfig,
+    Start,
+    Started,
+    Summary,
+)
 
 log = get_logger(__name__)
 
@@ -39,21 +56,14 @@ def _uncancel(task: asyncio.Task | None) -> bool:
     return uncancel is not None and uncancel() > 0
 
 
-# The final's reason when the server ends a stream; client errors end it with "error".
-END_REASONS = {
-    ErrorCode.SHUTTING_DOWN: "shutdown",
-    ErrorCode.IDLE_TIMEOUT: "idle_timeout",
-    ErrorCode.MAX_SESSION: "max_session",
-}
-
-
 class Session:
-    """Serves one connection; :meth:`run` returns when the connection is finished with."""
+    """Serves one connection through its adapter; :meth:`run` returns when the connection is finished with."""
 
-    def __init__(self, connection: ServerConnection, runner: EngineRunner, model: ModelInfo,
-                 settings: ServeConfig) -> None:
-        self.id = uuid.uuid4().hex[:16]
+    def __init__(self, session_id: str, connection: ServerConnection, adapter: Adapter, runner: EngineRunner,
+                 model: ModelInfo, settings: ServeConfig) -> None:
+        self.id = session_id
         self.connection = connection
+        self.adapter = adapter
         self.runner = runner
         self.model = model
         self.settings = settings
@@ -74,20 +84,21 @@ class Session:
         self._resampler: StreamResampler | None = None
         self._stream_id: int | None = None
         self._stream_done = False
+        self._audio_ended = False
         self._end_reason = "eof"
         self._samples_in = 0  # sample frames received, at the client's rate
-        self._utterance = 0
+        self._utterances = 0
         self._audio_seconds = 0.0
         self._steps = 0
         self._step_seconds = 0.0
 
     def shutdown(self) -> None:
-        """Server shutdown: end the stream with a ``shutdown`` final, ``done``, close 1001."""
+        """Server shutdown: end the stream with a ``shutdown`` final and close as the protocol says."""
         self._interrupt(ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is shutting down"))
 
     async def run(self) -> None:
         started = time.monotonic()
-        self.log.info("session open", peer=str(self.connection.remote_address))
+        self.log.info("session open", protocol=self.adapter.name, peer=str(self.connection.remote_address))
         outcome = "cancelled"  # by the server when shutdown_timeout_s ran out
         self._task = asyncio.current_task()
         self._arm_idle_timer(self.settings.idle_timeout_s)
@@ -99,7 +110,7 @@ class Session:
             outcome = "internal_error"
             self.log.exception("session failed")
             with contextlib.suppress(ConnectionClosed):
-                await self._send_error(ProtocolError(ErrorCode.INTERNAL_ERROR, "internal server error"))
+                await self._close(ProtocolError(ErrorCode.INTERNAL_ERROR, "internal server error"))
         finally:
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
@@ -108,9 +119,9 @@ class Session:
             if self._stream_id is not None and not self._stream_done:
                 self.runner.close(self._stream_id)
             self.log.info(
-                "session closed", outcome=outcome,
+                "session closed", protocol=self.adapter.name, outcome=outcome,
                 audio_seconds=round(self._samples_in / self.config.sample_rate, 3) if self.config else 0.0,
-                utterances=self._utterance, steps=self._steps,
+                utterances=self._utterances, steps=self._steps,
                 mean_step_ms=round(1000 * self._step_seconds / self._steps, 2) if self._steps else None,
                 duration_s=round(time.monotonic() - started, 3),
             )
@@ -118,66 +129,58 @@ class Session:
     # ------------------------------------------------------------------ phases
     async def _serve(self) -> str:
         """The whole conversation; returns the outcome for the log."""
+        ending: ProtocolError | None = None
         try:
-            config = self.config = await self._configure()
+            await self._apply(self.adapter.opening())
+            while not self._audio_ended:
+                await self._apply(self.adapter.receive(await self._next_message()))
         except ProtocolError as exc:
-            await self._send_error(exc)
-            return exc.code.value
+            ending = exc
+            self._end_reason = END_REASONS.get(exc.code, "error")
+        if self._stream_id is not None and (ending is None or ending.code is ErrorCode.SHUTTING_DOWN
+                                            or self._samples_in):
+            self._end_stream()
+            await self._writer  # returns after the last final went out
+            self._stream_done = True
+        await self._close(ending)
+        return "eof" if ending is None else ending.code.value
+
+    async def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Audio):
+                self._push(action.data)
+            elif isinstance(action, Send):
+                await self.connection.send(action.frame)
+            elif isinstance(action, Start):
+                await self._start(action.config)
+            elif isinstance(action, Finalize):
+                self.runner.finalize(self._open_stream())
+            elif isinstance(action, End):
+                self._audio_ended = True
+
+    async def _start(self, config: SessionConfig) -> None:
+        """Open the engine stream, tell the adapter, and start forwarding the stream's events."""
+        if self._stream_id is not None:
+            raise RuntimeError(f"{self.adapter.name} adapter started a second stream")
+        self.config = config
+        self.log.info("session config", **config.to_dict())
         self._format = config.pcm_format
         self._resampler = StreamResampler(config.sample_rate, self.model.sample_rate)
         options = StreamOptions(config.att_context_size, config.word_timestamps, config.endpointing)
         self._stream_id = await self.runner.open(options, self._updates)
-        await self.connection.send(protocol.ready(self.id, config, self.model))
+        await self._send_event(Started(config))
         self._writer = asyncio.create_task(self._forward_updates(), name=f"session-{self.id}-writer")
         self._writer.add_done_callback(self._writer_stopped)
-        try:
-            await self._receive_audio()
-            ending = None
-        except ProtocolError as exc:
-            ending = exc
-            self._end_reason = END_REASONS.get(exc.code, "error")
-        if ending is None or ending.code is ErrorCode.SHUTTING_DOWN or self._samples_in:
-            self._end_stream()
-            await self._writer  # returns after the last final went out
-            self._stream_done = True
-        if ending is None:
-            await self.connection.send(protocol.done(self.id, self._audio_seconds, self._utterance))
-            await self.connection.close(protocol.CLOSE_NORMAL)
-            return "eof"
-        if ending.code is ErrorCode.SHUTTING_DOWN:
-            await self.connection.send(protocol.done(self.id, self._audio_seconds, self._utterance))
-        await self._send_error(ending)
-        return ending.code.value
 
-    async def _configure(self) -> SessionConfig:
-        message = await self._next_message()
-        if isinstance(message, bytes):
-            raise ProtocolError(ErrorCode.AUDIO_BEFORE_CONFIG, "send a config message before audio")
-        parsed = protocol.parse_client_message(message)
-        if parsed.type != "config":
-            raise ProtocolError(ErrorCode.AUDIO_BEFORE_CONFIG, f"{parsed.type} before config")
-        config = protocol.parse_config(parsed.fields, self.model)
-        self.log.info("session config", **config.to_dict())
-        return config
-
-    async def _receive_audio(self) -> None:
-        """Read until ``eof``; raises :class:`ProtocolError` for whatever else ends the stream."""
-        assert self._stream_id is not None
-        while True:
-            message = await self._next_message()
-            if isinstance(message, bytes):
-                self._push(message)
-                continue
-            parsed = protocol.parse_client_message(message)
-            if parsed.type == "eof":
-                return
-            if parsed.type == "config":
-                raise ProtocolError(ErrorCode.BAD_CONFIG, "config may be sent only once")
-            self.runner.finalize(self._stream_id)
+    def _open_stream(self) -> int:
+        if self._stream_id is None:
+            raise RuntimeError(f"{self.adapter.name} adapter sent audio or finalize before starting the stream")
+        return self._stream_id
 
     def _push(self, data: bytes) -> None:
         """Decode, cap at ``max_session_s``, resample and hand to the engine."""
-        assert self._format is not None and self._resampler is not None and self._stream_id is not None
+        stream_id = self._open_stream()
+        assert self._format is not None and self._resampler is not None
         try:
             samples = self._format.decode(data)
         except AudioError as exc:
@@ -188,7 +191,7 @@ class Session:
         self._samples_in += len(samples)
         resampled = self._resampler.process(samples)
         if len(resampled):
-            self.runner.push(self._stream_id, resampled)
+            self.runner.push(stream_id, resampled)
         if over:
             limit = self.settings.max_session_s
             raise ProtocolError(ErrorCode.MAX_SESSION, f"reached max_session_s={limit:g} s of audio")
@@ -200,6 +203,15 @@ class Session:
         if len(tail):
             self.runner.push(self._stream_id, tail)
         self.runner.end(self._stream_id)
+
+    async def _close(self, ending: ProtocolError | None) -> None:
+        """The adapter's last frames, then the close it asks for."""
+        if ending is not None:
+            self.log.info("session error", code=ending.code.value, message=ending.message)
+        closing = self.adapter.closing(ending, Summary(self.id, self._audio_seconds, self._utterances))
+        for frame in closing.frames:
+            await self.connection.send(frame)
+        await self.connection.close(closing.code, closing.reason)
 
     # ------------------------------------------------------------------ plumbing
     async def _next_message(self) -> str | bytes:
@@ -233,7 +245,7 @@ class Session:
 
     def _writer_stopped(self, writer: asyncio.Task[None]) -> None:
         if not writer.cancelled():
-            # After the last final this interrupts nothing: no frame is read after eof.
+            # After the last final this interrupts nothing: no frame is read after the end.
             self._interrupt(writer.exception() or RuntimeError("update writer stopped before the stream ended"))
 
     def _arm_idle_timer(self, delay: float) -> None:
@@ -249,8 +261,12 @@ class Session:
         else:
             self._arm_idle_timer(idle - waited if self._receiving else idle)
 
+    async def _send_event(self, event: Event) -> None:
+        for frame in self.adapter.event(event):
+            await self.connection.send(frame)
+
     async def _forward_updates(self) -> None:
-        """Engine updates -> ``partial``/``final`` messages, until the stream's last update."""
+        """Engine updates -> the adapter's partial and final frames, until the stream's last update."""
         assert self.config is not None
         while True:
             delivery = await self._updates.get()
@@ -261,17 +277,12 @@ class Session:
             self._step_seconds += delivery.step_seconds
             self._audio_seconds = update.audio_seconds
             if update.partial is not None and self.config.partials:
-                await self.connection.send(protocol.partial(
-                    self._utterance, update.partial, update.partial_tokens, update.audio_seconds))
+                await self._send_event(Partial(self._utterances, update.partial, update.partial_tokens,
+                                               update.partial_probabilities, update.audio_seconds))
             for utterance in update.finals:
                 last = update.finished and utterance is update.finals[-1]
                 reason = self._end_reason if last else utterance.reason
-                await self.connection.send(protocol.final(utterance, reason, self.config.word_timestamps))
-                self._utterance = utterance.index + 1
+                await self._send_event(Final(utterance, reason, update.audio_seconds))
+                self._utterances = utterance.index + 1
             if update.finished:
                 return
-
-    async def _send_error(self, exc: ProtocolError) -> None:
-        self.log.info("session error", code=exc.code.value, message=exc.message)
-        await self.connection.send(protocol.error(exc.code, exc.message))
-        await self.connection.close(exc.code.close_code, exc.code.value)

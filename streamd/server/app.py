@@ -1,0 +1,341 @@
+"""The ``streamd serve`` process: listeners, HTTP probes, admission, sessions and shutdown.
+
+The socket opens first, so ``/healthz`` answers while the model loads on the engine's worker;
+``/readyz`` turns 200 once the engine is warm. Every WebSocket upgrade is admitted or refused
+in ``process_request`` — before the handshake — so a full or not-yet-ready server answers
+HTTP 503 with ``Retry-After`` instead of accepting and then closing (a full server lets a
+protocol whose clients expect to hear it over the WebSocket, WhisperLive's ``WAIT``, upgrade
+without admitting it). SIGTERM/SIGINT drain:
+stop accepting, end every session's stream with a ``shutdown`` final, and exit 0. A device that
+stops running work (a poisoned CUDA context) fails every stream, turns ``/readyz`` to
+``failed`` and exits 1, for a supervisor to restart the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import signal
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from functools import partial
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import Server as WebSocketServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from streamd.config import ServeConfig
+from streamd.engine.engine import StreamingEngine
+from streamd.engine.runner import EngineRunner
+from streamd.log import get_logger
+from streamd.oslimits import raise_open_files_limit
+from streamd.server.access import Access, load_tokens
+from streamd.server.protocols.base import Adapter, dump
+from streamd.server.protocols.deepgram import DeepgramAdapter
+from streamd.server.protocols.native import NativeAdapter
+from streamd.server.protocols.openai_realtime import OpenAIRealtimeAdapter
+from streamd.server.protocols.sherpa import SherpaAdapter
+from streamd.server.protocols.vosk import VoskAdapter
+from streamd.server.protocols.whisperlive import WhisperLiveAdapter
+from streamd.server.session import Session
+from streamd.server.wire import Connection, ModelInfo
+
+log = get_logger(__name__)
+
+# WebSocket frames up to this multiple of max_message_bytes reach the session, which answers
+# with a message_too_big error; larger ones are cut off by websockets itself (close 1009).
+FRAME_LIMIT_FACTOR = 4
+RETRY_AFTER_S = 1  # a refused client's hint when to try again
+# A refusal said over the WebSocket (Adapter.answers_full) leaves the client this long to read it
+# and close first: WhisperLive's client forgets a WAIT once the connection closes.
+REFUSAL_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening port and the wire protocols it serves: by path on the main port, one
+    protocol on each port of a protocol whose clients cannot choose a path."""
+
+    name: str
+    port: int
+    routes: Callable[[str], type[Adapter]]  # the request path -> its protocol's adapter
+
+
+# Protocols whose clients choose the path share the main port.
+PATH_PROTOCOLS: dict[str, type[Adapter]] = {
+    "/v1/realtime": OpenAIRealtimeAdapter,
+    "/v1/listen": DeepgramAdapter,
+}
+
+
+# Protocols whose clients cannot choose a path: a listener each, on the port of its serve key
+# (0 = off).
+PORT_PROTOCOLS: dict[str, type[Adapter]] = {
+    "whisperlive_port": WhisperLiveAdapter,
+    "vosk_port": VoskAdapter,
+    "sherpa_port": SherpaAdapter,
+}
+
+
+def main_routes(path: str) -> type[Adapter]:
+    """The main port: the protocols of :data:`PATH_PROTOCOLS` by path, every other path that is
+    not an HTTP route the native protocol."""
+    return PATH_PROTOCOLS.get(path.rstrip("/") or "/", NativeAdapter)
+
+
+class Server:
+    """Admission, probes, sessions and shutdown around one :class:`EngineRunner`, on every listener."""
+
+    def __init__(self, settings: ServeConfig, stop: asyncio.Event) -> None:
+        self.settings = settings
+        self.runner = EngineRunner()
+        self.state = "loading"  # -> ready -> draining, or -> failed
+        self.model: ModelInfo | None = None
+        self._stop = stop  # set by SIGTERM/SIGINT, or by a failed device
+        # One admission count across all listeners: every session takes an engine stream slot.
+        self._admitted: set[ServerConnection] = set()
+        self._sessions: dict[Session, asyncio.Task[None]] = {}
+        self.access = Access(load_tokens(settings.auth_tokens_file), settings.allowed_origins)
+
+    def listeners(self) -> list[Listener]:
+        s = self.settings
+        ports = [Listener(adapter.name, getattr(s, key), lambda _path, adapter=adapter: adapter)
+                 for key, adapter in PORT_PROTOCOLS.items() if getattr(s, key)]
+        return [Listener("main", s.port, main_routes), *ports]
+
+    async def run(self) -> int:
+        """Serve until the stop event is set (SIGTERM/SIGINT, or a failed device); return the exit code."""
+        s = self.settings
+        open_files, wanted = raise_open_files_limit(s.max_sessions)
+        if open_files < wanted:
+            log.warning("open-files limit below max_sessions; connections beyond it will fail",
+                        limit=open_files, wanted=wanted)
+        try:
+            async with contextlib.AsyncExitStack() as listening:
+                servers = [await listening.enter_async_context(self._listen(listener))
+                           for listener in self.listeners()]
+                port = next(iter(servers[0].sockets)).getsockname()[1]
+                stopping = asyncio.ensure_future(self._stop.wait())
+                loading = asyncio.ensure_future(self._load())
+                await asyncio.wait({stopping, loading}, return_when=asyncio.FIRST_COMPLETED)
+                if not loading.done():
+                    loading.cancel()  # stopped while loading; the runner's stop ends the worker
+                elif (exc := loading.exception()) is not None:
+                    stopping.cancel()
+                    log.error("startup failed", error=f"{type(exc).__name__}: {exc}")
+                    return 1
+                else:
+                    self.model = loading.result()
+                    self.state = "ready"
+                    log.info("ready", port=port, model=self.model.name, max_sessions=s.max_sessions)
+                await stopping
+                if self.state != "failed":
+                    self.state = "draining"
+                await self._drain(servers)
+        finally:
+            await self.runner.stop()
+        log.info("stopped")
+        return 1 if self.state == "failed" else 0
+
+    @contextlib.asynccontextmanager
+    async def _listen(self, listener: Listener) -> AsyncIterator[WebSocketServer]:
+        s = self.settings
+        # No permessage-deflate: PCM audio barely compresses, and deflating every frame cost the
+        # event loop (and so the engine thread, through the GIL) more than any other protocol work.
+        async with serve(partial(self._handle, listener), s.host, listener.port,
+                         process_request=partial(self._process_request, listener),
+                         max_size=FRAME_LIMIT_FACTOR * s.max_message_bytes, compression=None,
+                         backlog=_listen_backlog(s.max_sessions), ssl=tls_context(s.tls_cert, s.tls_key)
+                         ) as ws_server:
+            port = next(iter(ws_server.sockets)).getsockname()[1]
+            log.info("listening", listener=listener.name, host=s.host, port=port)
+            yield ws_server
+
+    async def _load(self) -> ModelInfo:
+        """Load, build and warm up the engine on its worker; describe the model for ``ready``."""
+        s = self.settings
+        engine = await self.runner.start(partial(build_engine, s), s.warmup_batch, self._device_failed,
+                                         s.load_log_interval_s, s.batch_window_ms / 1000, s.engine_process)
+        return ModelInfo.describe(Path(s.model).stem, engine.sample_rate, engine.att_context_sizes,
+                                  engine.frame_s, s.default_chunk_ms)
+
+    def _device_failed(self, reason: str) -> None:
+        """Every stream has failed and no later one could run: refuse sessions and exit with 1,
+        so that a supervisor starts a fresh process (a poisoned CUDA context does not recover)."""
+        log.error("device failed; stopping", reason=reason)
+        self.state = "failed"
+        self._stop.set()
+
+    async def _drain(self, servers: list[WebSocketServer]) -> None:
+        """Stop accepting, let every session end its stream, cancel what outlives the timeout."""
+        log.info("shutting down", sessions=len(self._sessions))
+        for ws_server in servers:
+            ws_server.close(close_connections=False)
+        for session in self._sessions:
+            session.shutdown()
+
+        async def closed() -> None:
+            await asyncio.gather(*(ws_server.wait_closed() for ws_server in servers))
+
+        try:
+            await asyncio.wait_for(closed(), self.settings.shutdown_timeout_s)
+        except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
+            log.warning("sessions outlived shutdown_timeout_s; cancelling", sessions=len(self._sessions))
+            for task in self._sessions.values():
+                task.cancel()
+            await closed()
+
+    # ------------------------------------------------------------------ connections
+    async def _handle(self, listener: Listener, connection: ServerConnection) -> None:
+        assert self.model is not None  # admission requires a loaded model
+        request = connection.request
+        assert request is not None
+        session_id = uuid.uuid4().hex[:16]
+        adapter = listener.routes(urlsplit(request.path).path)(
+            Connection.from_request(session_id, request.path, dict(request.headers.raw_items())), self.model)
+        if connection not in self._admitted:  # upgraded only to hear that the server is full
+            await self._refuse_full(connection, adapter)
+            return
+        session = Session(session_id, connection, adapter, self.runner, self.model, self.settings)
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions[session] = task
+        if self.state == "draining":  # upgraded just as the drain began
+            session.shutdown()
+        try:
+            await session.run()
+        finally:
+            del self._sessions[session]
+
+    async def _refuse_full(self, connection: ServerConnection, adapter: Adapter) -> None:
+        """A full server's refusal in the protocol's own words: the adapter answers the client's
+        first frame (WhisperLive's options carry the uid its WAIT must echo)."""
+        log.info("session refused: server full", protocol=adapter.name, peer=str(connection.remote_address))
+        try:
+            first_frame = await asyncio.wait_for(connection.recv(), self.settings.idle_timeout_s)
+        except (ConnectionClosed, asyncio.TimeoutError):
+            return  # returning closes the connection
+        closing = adapter.full(first_frame, RETRY_AFTER_S)
+        with contextlib.suppress(ConnectionClosed, asyncio.TimeoutError):
+            for frame in closing.frames:
+                await connection.send(frame)
+            await asyncio.wait_for(connection.wait_closed(), REFUSAL_GRACE_S)
+        await connection.close(closing.code, closing.reason)
+
+    def _open_connections(self) -> int:
+        """Admitted connections not yet closed (sessions, and upgrades still in handshake)."""
+        self._admitted = {c for c in self._admitted if c.state is not State.CLOSED}
+        return len(self._admitted)
+
+    def _readiness(self) -> str:
+        if self.state == "ready" and self._open_connections() >= self.settings.max_sessions:
+            return "full"
+        return self.state
+
+    def _process_request(self, listener: Listener, connection: ServerConnection, request: Request
+                         ) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/healthz":
+            return _json(connection, HTTPStatus.OK, dump({"status": "ok"}))
+        status = self._readiness()
+        body = dump({"status": status, "sessions": self._open_connections(),
+                     "max_sessions": self.settings.max_sessions})
+        unavailable = HTTPStatus.SERVICE_UNAVAILABLE
+        if path == "/readyz":
+            return _json(connection, HTTPStatus.OK if status == "ready" else unavailable, body)
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return None  # not an upgrade: websockets answers 426
+        if not self.access.origin_allowed(request.headers, "https" if self.settings.tls_cert else "http"):
+            return self._refuse(connection, HTTPStatus.FORBIDDEN, "forbidden",
+                                f"origin {request.headers.get('Origin')!r} is not allowed (allowed_origins)")
+        if not self.access.authorized(request.path, request.headers):
+            response = self._refuse(connection, HTTPStatus.UNAUTHORIZED, "unauthorized",
+                                    "a valid token is required: Authorization: Bearer TOKEN, or ?token=TOKEN")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="streamd"'
+            return response
+        limit = self.settings.max_sessions_per_ip
+        if status == "ready" and limit and self._sessions_from(connection.remote_address[0]) >= limit:
+            response = self._refuse(connection, HTTPStatus.TOO_MANY_REQUESTS, "too_many_sessions",
+                                    f"this address has max_sessions_per_ip={limit} sessions open")
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+            return response
+        if status == "full" and listener.routes(path).answers_full:
+            return None  # upgraded, not admitted: _handle refuses in the protocol's own words
+        if status != "ready":
+            response = _json(connection, unavailable, body)
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+            return response
+        self._admitted.add(connection)
+        return None
+
+    def _sessions_from(self, address: str) -> int:
+        self._open_connections()  # forget closed connections
+        return sum(1 for c in self._admitted if c.remote_address[0] == address)
+
+    def _refuse(self, connection: ServerConnection, status: HTTPStatus, reason: str, message: str) -> Response:
+        """An upgrade refused before the handshake; logged, since no session will be."""
+        log.info("connection refused", reason=reason, peer=str(connection.remote_address), message=message)
+        return _json(connection, status, dump({"status": reason, "message": message}))
+
+
+def build_engine(settings: ServeConfig) -> StreamingEngine:
+    """The server's engine, built where it will run (module level: it is pickled for
+    ``engine_process``)."""
+    import torch
+
+    from streamd.engine.loading import UNTRAINED_WARNING, is_untrained, prepare_model
+
+    s = settings
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    started = time.monotonic()
+    model = prepare_model(s.model, s.device, s.dtype, s.decoder_cuda_graphs, s.encoder_cuda_graphs)
+    if is_untrained(model):
+        log.warning(UNTRAINED_WARNING)
+    log.info("model loaded", seconds=round(time.monotonic() - started, 1))
+    engine = StreamingEngine(model, max_batch=s.max_batch, max_streams=s.max_sessions)
+    log.info("engine built", seconds=round(time.monotonic() - started, 1))
+    return engine
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
+    """The server side of TLS for every listener (``wss://``, ``https://``), or None without a cert."""
+    if not cert:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def _listen_backlog(max_sessions: int) -> int:
+    """Pending connections the kernel queues: asyncio's default of 100 drops the SYNs of a
+    burst of clients (each then retries after a second or more), so allow one per session
+    (the kernel caps it at net.core.somaxconn)."""
+    return max(100, max_sessions)
+
+
+def _json(connection: ServerConnection, status: HTTPStatus, body: str) -> Response:
+    response = connection.respond(status, body)
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
+async def run_server(settings: ServeConfig) -> int:
+    """Run until SIGTERM or SIGINT; return the process exit code. SIGUSR1 writes every thread's
+    stack to stderr (the log) and carries on: for a server that looks stuck."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return await Server(settings, stop).run()
