@@ -7,6 +7,7 @@ hash of the code that defines it, so a change to training or synthesis retrains 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -55,9 +56,12 @@ def _cached_model(name: str, create_args: list[str], code: tuple[str, ...]) -> P
     path = CACHE / f"{name}-{_code_hash(*code)}.nemo"
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial.nemo")
-        streamd_cli("model", "create", *create_args, "--out", str(partial), timeout=2400)
-        partial.rename(path)
+        with path.with_suffix(".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another test run may be making it: wait for that one
+            if not path.exists():
+                partial = path.with_suffix(f".{os.getpid()}.partial.nemo")
+                streamd_cli("model", "create", *create_args, "--out", str(partial), timeout=2400)
+                partial.rename(path)
     return path
 
 
