@@ -1,44 +1,58 @@
 """What every streamd client shares: PCM audio to send, one protocol session, latency figures.
 
-:func:`run_session` speaks docs/protocol.md (through :mod:`streamd.protocol`, so client and
+:func:`run_session` speaks docs/protocol.md (through :mod:`streamd.server.protocols.native`, so client and
 server build messages with the same code): it sends the config, then audio frames from any
 async source while collecting every server message with its receive time. Sources pace
 themselves: a file replayed in real time sleeps until each frame's audio "exists", a
-microphone produces frames as they are captured.
+microphone produces frames as they are captured. :class:`ServerAccess` carries what a
+connection needs beyond its URL (a bearer token, a CA for ``wss://``), and every way a server
+can refuse a client becomes one :class:`ClientError` sentence, the same for every client.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
+import os
 import shutil
+import socket
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import numpy as np
 import soundfile as sf
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.http11 import Response
 
-from streamd import protocol
 from streamd.audio import ENCODINGS, PcmFormat
+from streamd.server.protocols import native as protocol
 
 # soundfile subtypes sent losslessly as 16-bit PCM; everything else is sent as float32.
 PCM16_SUBTYPES = {"PCM_16", "PCM_S8", "PCM_U8", "ULAW", "ALAW"}
 
 
 class ClientError(Exception):
-    """A session that could not complete: connection refused, HTTP 503, or a server ``error``."""
+    """A session that could not complete: connection refused, HTTP 401/403/503, TLS, or a server
+    ``error``; the message says what happened in one sentence."""
 
     exit_code = 1
 
 
-class AudioFileError(ClientError):
-    """An audio file the client cannot read: a usage error, so exit code 2."""
+class UsageError(ClientError):
+    """What the user asked for cannot work (a bad URL, an unreadable file): exit code 2."""
 
     exit_code = 2
+
+
+class AudioFileError(UsageError):
+    """An audio file the client cannot read."""
 
 
 def fail(message: object, exit_code: int = 1) -> int:
@@ -163,15 +177,112 @@ class SessionResult:
         }
 
 
+TOKEN_VARIABLE = "STREAMD_TOKEN"  # where --token comes from when not given
+OPEN_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class ServerAccess:
+    """What a connection needs beyond its URL."""
+
+    token: str | None = None  # sent as ``Authorization: Bearer TOKEN``
+    cafile: str | None = None  # PEM CA certificate(s) to trust for ``wss://`` (a self-signed server)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServerAccess:
+        return cls(args.token, args.cafile)
+
+    def connect_options(self, url: str) -> dict[str, Any]:
+        """Keyword arguments of ``websockets`` ``connect`` for ``url``; :class:`UsageError` for a
+        CA file that cannot work."""
+        options: dict[str, Any] = {}
+        if self.token:
+            options["additional_headers"] = {"Authorization": f"Bearer {self.token}"}
+        if self.cafile:
+            if not url.startswith("wss://"):
+                raise UsageError(f"--cafile is for wss:// URLs, not {url}")
+            try:
+                options["ssl"] = ssl.create_default_context(cafile=self.cafile)
+            except (OSError, ssl.SSLError) as exc:
+                raise UsageError(f"cannot use --cafile {self.cafile}: {exc}") from None
+        return options
+
+
+def add_access_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--token`` and ``--cafile``, the same in every client (:meth:`ServerAccess.from_args`)."""
+    parser.add_argument("--token", default=os.environ.get(TOKEN_VARIABLE) or None,
+                        help=f"bearer token for a server that requires one (default: ${TOKEN_VARIABLE})")
+    parser.add_argument("--cafile", default=None,
+                        help="CA certificate (PEM) to trust for a wss:// server, e.g. its self-signed certificate")
+
+
+def refusal_message(response: Response, access: ServerAccess) -> str:
+    """Why the server answered the upgrade with an HTTP status instead of a WebSocket."""
+    status = response.status_code
+    body = response.body.decode(errors="replace").strip()
+    try:  # streamd answers {"status": ..., "message": ...} or, when unavailable, {"status", "sessions", ...}
+        state = json.loads(body)
+    except ValueError:
+        state = None
+    state = state if isinstance(state, dict) else {}
+    retry = response.headers.get("Retry-After")
+    again = f"; try again in {retry} s" if retry else ""
+    if status == 401:
+        return (f"the server requires a token: pass --token (or set ${TOKEN_VARIABLE})" if access.token is None
+                else "the server rejected the token (HTTP 401)")
+    if status == 503:
+        reasons = {
+            "full": f"the server is full ({state.get('sessions')} of {state.get('max_sessions')} sessions open)",
+            "loading": "the server is still loading its model",
+            "draining": "the server is shutting down",
+            "failed": "the server's engine failed",
+        }
+        return reasons.get(state.get("status"), f"the server is unavailable (HTTP 503: {body})") + again
+    why = state.get("message") or body or response.reason_phrase  # 403 origin, 429 per-address limit, ...
+    return f"the server refused this client (HTTP {status}): {why}{again}"
+
+
+def connection_error(url: str, exc: Exception, access: ServerAccess) -> ClientError:
+    """The :class:`ClientError` for an exception raised while opening a WebSocket to ``url``."""
+    host = urlsplit(url).netloc
+    if isinstance(exc, InvalidStatus):
+        return ClientError(refusal_message(exc.response, access))
+    if isinstance(exc, InvalidURI):
+        return UsageError(f"not a WebSocket URL: {url} (ws://HOST:PORT/ or wss://HOST:PORT/)")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ClientError(f"the TLS certificate of {host} is not trusted ({exc.verify_message}); for a "
+                           "self-signed server pass its CA certificate with --cafile")
+    # A plain server answers a TLS hello with an HTTP error and closes: the client sees a reset.
+    if isinstance(exc, ssl.SSLError) or (url.startswith("wss://") and isinstance(exc, ConnectionResetError)):
+        reason = exc.reason if isinstance(exc, ssl.SSLError) else "the server closed the connection"
+        return ClientError(f"the TLS handshake with {host} failed ({reason}); does the server serve TLS? "
+                           "(ws:// if it does not)")
+    if isinstance(exc, InvalidHandshake):  # e.g. ws:// to a TLS port: the answer is not HTTP
+        return ClientError(f"{host} did not answer with a WebSocket handshake ({exc}); "
+                           "if it serves TLS, use wss://")
+    if isinstance(exc, ConnectionRefusedError):
+        return ClientError(f"cannot connect to {url}: connection refused (is streamd serve listening there?)")
+    if isinstance(exc, socket.gaierror):
+        return ClientError(f"cannot connect to {url}: unknown host ({exc.strerror})")
+    if isinstance(exc, TimeoutError):
+        return ClientError(f"cannot connect to {url}: no WebSocket handshake within {OPEN_TIMEOUT_S} s")
+    return ClientError(f"cannot connect to {url}: {exc or type(exc).__name__}")
+
+
 async def run_session(url: str, config: dict[str, Any], frames: AsyncIterator[tuple[bytes, float]],
-                      on_message: Callable[[dict[str, Any]], None] | None = None) -> SessionResult:
+                      on_message: Callable[[dict[str, Any]], None] | None = None,
+                      access: ServerAccess | None = None) -> SessionResult:
     """One whole session: config, audio from ``frames`` then ``eof``, messages until the close.
 
-    Raises :class:`ClientError` when the server refuses the connection or sends an ``error``.
+    Raises :class:`ClientError` when the connection cannot be opened (see :func:`connection_error`)
+    or the server sends an ``error``; an exception of ``frames`` (a microphone that fails) ends the
+    session and is raised.
     """
+    access = access or ServerAccess()
+    options = access.connect_options(url)
     result = SessionResult()
     try:
-        async with connect(url, max_size=None, open_timeout=30, compression=None) as ws:
+        async with connect(url, max_size=None, open_timeout=OPEN_TIMEOUT_S, compression=None, **options) as ws:
             opened = time.monotonic()
             await ws.send(protocol.config(**config))
             sender = asyncio.create_task(_send_audio(ws, frames, result, opened))
@@ -187,11 +298,10 @@ async def run_session(url: str, config: dict[str, Any], frames: AsyncIterator[tu
             finally:
                 sender.cancel()
             result.close_code = ws.close_code
-    except InvalidStatus as exc:
-        raise ClientError(f"server refused the connection: HTTP {exc.response.status_code} "
-                          f"{exc.response.body.decode(errors='replace').strip()}") from None
-    except OSError as exc:
-        raise ClientError(f"cannot connect to {url}: {exc}") from None
+    except (InvalidURI, InvalidHandshake, OSError) as exc:  # raised by the opening handshake only
+        raise connection_error(url, exc, access) from None
+    if sender.done() and not sender.cancelled() and (source_failure := sender.exception()) is not None:
+        raise source_failure
     if result.error is not None:
         raise ClientError(f"server error {result.error['code']}: {result.error['message']} "
                           f"(close code {result.close_code})")
@@ -226,6 +336,9 @@ async def _send_audio(ws: Any, frames: AsyncIterator[tuple[bytes, float]], resul
         result.eof_sent_s = time.monotonic() - opened
     except ConnectionClosed:
         pass  # the receive loop reports why
+    except Exception:
+        await ws.close()  # the audio source failed: end the session, run_session raises the failure
+        raise
 
 
 class LiveView:
@@ -240,6 +353,20 @@ class LiveView:
             width = shutil.get_terminal_size().columns - 1
             self.out.write("\r\x1b[K" + message["text"][-width:])
             self.out.flush()
-        elif message["type"] == "final":
+        elif message["type"] == "final" and message["text"]:
             self.out.write(("\r\x1b[K" if self.tty else "") + message["text"] + "\n")
             self.out.flush()
+        elif message["type"] == "final" and self.tty:  # an utterance without words: clear its line
+            self.out.write("\r\x1b[K")
+            self.out.flush()
+
+
+class JsonLines:
+    """Prints every server message as one JSON line (with ``received_s``), for scripts."""
+
+    def __init__(self, out: TextIO = sys.stdout) -> None:
+        self.out = out
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        self.out.write(json.dumps(message) + "\n")
+        self.out.flush()

@@ -14,12 +14,12 @@ import json
 import sys
 from typing import Any
 
-from clients.common import ClientError, LiveView, Pcm, fail, run_session
+from clients.common import ClientError, LiveView, Pcm, ServerAccess, add_access_arguments, fail, run_session
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m clients.replay", description=__doc__.splitlines()[0])
-    parser.add_argument("url", help="ws://HOST:PORT/")
+    parser.add_argument("url", help="ws://HOST:PORT/ or wss://HOST:PORT/")
     parser.add_argument("file", help="audio file (WAV, FLAC, ... anything soundfile reads)")
     pace = parser.add_mutually_exclusive_group()
     pace.add_argument("--realtime", dest="realtime", action="store_true", default=True,
@@ -29,14 +29,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="model chunk: 80, 160, 560 or 1120 ms (default: the server's)")
     parser.add_argument("--frame-ms", type=float, default=80.0, help="audio per WebSocket frame (default 80)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with finals and latencies")
+    add_access_arguments(parser)
     return parser.parse_args(argv)
 
 
 async def replay(url: str, pcm: Pcm, chunk_ms: int | None, frame_ms: float, realtime: bool,
-                 live: LiveView | None = None) -> dict[str, Any]:
+                 live: LiveView | None = None, access: ServerAccess | None = None) -> dict[str, Any]:
     """Stream ``pcm`` once; return the summary that ``--json`` prints."""
     config = pcm.config() | ({"chunk_ms": chunk_ms} if chunk_ms else {})
-    result = await run_session(url, config, pcm.replay(frame_ms, realtime), live)
+    result = await run_session(url, config, pcm.replay(frame_ms, realtime), live, access)
     return {
         "session_id": result.ready["session_id"],
         "config": result.ready["config"],
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pcm = Pcm.read(args.file)
         summary = asyncio.run(replay(args.url, pcm, args.chunk_ms, args.frame_ms, args.realtime,
-                                     None if args.json else LiveView()))
+                                     None if args.json else LiveView(), ServerAccess.from_args(args)))
     except ClientError as exc:
         return fail(exc, exc.exit_code)
     if args.json:

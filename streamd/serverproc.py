@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,14 +39,16 @@ class ServerProcess:
     process: subprocess.Popen
     port: int
     log_path: Path
+    tls: ssl.SSLContext | None = None  # a server with tls_cert: how its clients trust it
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/"
 
     def get(self, path: str) -> tuple[int, dict[str, str], dict[str, Any]]:
         """``GET path``: status, headers and the JSON body."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        connection = (http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=self.tls) if self.tls
+                      else http.client.HTTPConnection("127.0.0.1", self.port, timeout=10))
         try:
             connection.request("GET", path)
             response = connection.getresponse()
@@ -163,12 +166,13 @@ def server_command(model: str | Path, port: int, overrides: Sequence[str],
 
 def start_server(model: str | Path, log_path: Path, ready_timeout_s: float = 300,
                  python_args: Sequence[str] = ("-m", "streamd"), env: Mapping[str, str] | None = None,
-                 **settings: Any) -> ServerProcess:
+                 cafile: str | Path | None = None, **settings: Any) -> ServerProcess:
     """``python -m streamd serve`` on a free port; returns once ``/readyz`` answers 200.
 
     ``python_args`` replace ``-m streamd``: ``("-c", CODE)`` runs CODE, which must end by calling
     ``streamd.cli.main(sys.argv[1:])``, in the server process first (tests inject faults so).
-    ``env``: the server's environment (default this process's).
+    ``env``: the server's environment (default this process's). ``cafile``: the CA certificate
+    that signed ``tls_cert``, for a server that speaks TLS (``wss://``, ``https://``).
     """
     port = free_port()
     with log_path.open("w") as log:
@@ -176,7 +180,8 @@ def start_server(model: str | Path, log_path: Path, ready_timeout_s: float = 300
             server_command(model, port, [f"{key}={value}" for key, value in settings.items()], python_args),
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
         )
-    server = ServerProcess(process, port, log_path)
+    tls = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+    server = ServerProcess(process, port, log_path, tls)
     deadline = time.monotonic() + ready_timeout_s
     answer = "none"  # the last probe's answer, for the error
     try:

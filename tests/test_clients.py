@@ -97,7 +97,7 @@ class FakeSoundDevice:
         return Stream()
 
 
-def test_mic_capture_yields_every_block_then_stops():
+def test_mic_capture_with_a_fake_sounddevice_yields_every_block_then_stops():
     async def capture_until_stopped() -> list[tuple[bytes, float]]:
         stop = asyncio.Event()
         frames = []
@@ -128,7 +128,7 @@ def test_mic_without_input_device_exits_cleanly():
     proc = subprocess.run([sys.executable, "-m", "clients.mic", "ws://127.0.0.1:9/"], capture_output=True,
                           text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 2
-    assert "no audio input device" in proc.stderr
+    assert "no default audio input device" in proc.stderr and "--list-devices" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -149,4 +149,17 @@ def test_unreachable_server_exits_cleanly(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "clients.replay", "ws://127.0.0.1:9/", str(path), "--fast"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 1
-    assert "cannot connect" in proc.stderr and "Traceback" not in proc.stderr
+    assert "connection refused" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("url, args, message", [
+    ("http://127.0.0.1:9/", [], "not a WebSocket URL: http://127.0.0.1:9/"),
+    ("wss://127.0.0.1:9/", ["--cafile", "missing-ca.pem"], "cannot use --cafile missing-ca.pem"),
+])
+def test_unusable_url_or_cafile_exits_cleanly(tmp_path: Path, url: str, args: list[str], message: str):
+    path = tmp_path / "silence.wav"
+    sf.write(path, np.zeros(1600, np.float32), 16000)
+    proc = subprocess.run([sys.executable, "-m", "clients.replay", url, str(path), "--fast", *args],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
