@@ -281,26 +281,23 @@ async def run_session(url: str, config: dict[str, Any], frames: AsyncIterator[tu
     access = access or ServerAccess()
     options = access.connect_options(url)
     result = SessionResult()
+    source_failure: BaseException | None = None
     try:
         async with connect(url, max_size=None, open_timeout=OPEN_TIMEOUT_S, compression=None, **options) as ws:
             opened = time.monotonic()
             await ws.send(protocol.config(**config))
             sender = asyncio.create_task(_send_audio(ws, frames, result, opened))
-            try:
-                async for text in ws:
-                    message = protocol.parse_server_message(text)
-                    message["received_s"] = round(time.monotonic() - opened, 4)
-                    _collect(result, message)
-                    if on_message is not None:
-                        on_message(message)
-            except ConnectionClosed:
-                pass  # an abnormal close code: reported below
-            finally:
+            receiver = asyncio.create_task(_receive(ws, result, opened, on_message))
+            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if sender.done() and (source_failure := sender.exception()) is not None:
+                receiver.cancel()  # leaving the block closes the session
+            else:
+                await receiver  # until the server closes (after done, or early with an error)
                 sender.cancel()
             result.close_code = ws.close_code
     except (InvalidURI, InvalidHandshake, OSError) as exc:  # raised by the opening handshake only
         raise connection_error(url, exc, access) from None
-    if sender.done() and not sender.cancelled() and (source_failure := sender.exception()) is not None:
+    if source_failure is not None:
         raise source_failure
     if result.error is not None:
         raise ClientError(f"server error {result.error['code']}: {result.error['message']} "
@@ -324,6 +321,19 @@ def _collect(result: SessionResult, message: dict[str, Any]) -> None:
         result.error = message
 
 
+async def _receive(ws: Any, result: SessionResult, opened: float,
+                   on_message: Callable[[dict[str, Any]], None] | None) -> None:
+    try:
+        async for text in ws:
+            message = protocol.parse_server_message(text)
+            message["received_s"] = round(time.monotonic() - opened, 4)
+            _collect(result, message)
+            if on_message is not None:
+                on_message(message)
+    except ConnectionClosed:
+        pass  # an abnormal close code: run_session reports it
+
+
 async def _send_audio(ws: Any, frames: AsyncIterator[tuple[bytes, float]], result: SessionResult,
                       opened: float) -> None:
     total = 0.0
@@ -336,9 +346,6 @@ async def _send_audio(ws: Any, frames: AsyncIterator[tuple[bytes, float]], resul
         result.eof_sent_s = time.monotonic() - opened
     except ConnectionClosed:
         pass  # the receive loop reports why
-    except Exception:
-        await ws.close()  # the audio source failed: end the session, run_session raises the failure
-        raise
 
 
 class LiveView:

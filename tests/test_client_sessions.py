@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.sync.client import connect
 
+from clients.common import run_session
+from clients.mic import InputDeviceError
 from streamd.models import tones
 from streamd.serverproc import ServerProcess, start_server
 
@@ -366,6 +368,19 @@ def test_mic_reports_a_full_server(pulse: Pulse, idle_server: ServerProcess):
         proc = run_client("clients.mic", idle_server.url, env=pulse.env)
     assert proc.returncode == 1
     assert "the server is full (1 of 1 sessions open); try again in 1 s" in proc.stderr
+
+
+async def source_that_fails() -> AsyncIterator[tuple[bytes, float]]:
+    """Audio, then the failure of a microphone unplugged mid-stream."""
+    yield bytes(3200), 0.1
+    raise InputDeviceError("the microphone was unplugged")
+
+
+def test_a_failing_audio_source_ends_the_session_and_its_error_surfaces(idle_server: ServerProcess):
+    session = run_session(idle_server.url, {"sample_rate": 16000}, source_that_fails())
+    with pytest.raises(InputDeviceError, match="unplugged"):
+        asyncio.run(asyncio.wait_for(session, 30))  # the server would wait for more audio: no hang
+    idle_server.wait_idle(10)  # the client closed its session
 
 
 # ---------------------------------------------------------------------- token, TLS, refusals
