@@ -24,11 +24,14 @@ COMMAND_MODULES = (
     "tones",
     "doctor",
 )
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamd", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="info", help="debug|info|warning|error (default info)")
+    # choices: an unknown level is a usage error (exit 2, the valid levels named), not logging's traceback
+    parser.add_argument("--log-level", default="info", type=str.lower, choices=LOG_LEVELS,
+                        help="debug|info|warning|error (default info)")
     parser.add_argument(
         "--log-format", default="auto", choices=("auto", "json", "console"),
         help="log rendering: JSON lines, readable console, or auto (console on a TTY)",

@@ -38,14 +38,20 @@ def test_untrained_tiny_rnnt_same_side_is_exact(untrained_tiny_path, rng, tmp_pa
     assert "features_rel_err" in proc.stdout  # the printed table
 
 
-def test_rnnt_float32_vs_bfloat16_report_matches_thresholds(tone_model_path, rng, tmp_path):
+def test_rnnt_float32_vs_bfloat16_passes_on_the_tone_model(tone_model_path, rng, tmp_path):
     files = _write(tmp_path, rng, 2)
     out = tmp_path / "report.json"
     proc = streamd_cli("parity", "rnnt", "--model", str(tone_model_path), "--audio", *files,
                        "--test", "device=cpu,dtype=bfloat16", "--out", str(out), "--runs", "1", "--warmup", "0",
                        check=False)
     report = json.loads(out.read_text())
-    assert proc.returncode == (0 if report["passed"] else 1)
+    # The expected outcome is a pass (exit 0). bfloat16 keeps 8 significant bits, a relative
+    # rounding of about 2^-9 (0.2 %) per operation, which the tiny encoder's layers accumulate to
+    # about 0.5 %: measured on this CPU, encoder_rel_err 0.0051-0.0060 over six sequences of 2-6
+    # letters, offline and streaming alike (threshold 0.01; CUDA bfloat16 on an H200 gave 0.0059,
+    # docs/benchmarks.md), and the tone model decides its letters by margins that error does not
+    # overturn: 0 token mismatches. A fail here is a regression in the bfloat16 path.
+    assert proc.returncode == 0 and report["passed"], proc.stdout[-3000:]
     assert len(report["checks"]) == 5 * len(files)
     for check in report["checks"]:
         assert check["passed"] == OPS[check["op"]](check["value"], check["threshold"])
@@ -53,6 +59,6 @@ def test_rnnt_float32_vs_bfloat16_report_matches_thresholds(tone_model_path, rng
     for path in files:
         # features stay float32 on both sides: bf16 must not touch them
         assert by_name[("features_rel_err", path)]["value"] == 0
-        # a real, non-zero precision difference in the encoder
-        assert 0 < by_name[("encoder_rel_err", path)]["value"] < 0.1
+        # a real, non-zero precision difference in the encoder (within the threshold: passed above)
+        assert by_name[("encoder_rel_err", path)]["value"] > 0
     assert report["timing"]["test"]["offline_rtf"] > 0

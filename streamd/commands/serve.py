@@ -13,10 +13,21 @@ from streamd.config import ConfigError, ServeConfig, load_config
 
 
 def _settings_help() -> str:
+    """Every key with its default, written as ``serve`` accepts it back (``true``, ``[]``)."""
     lines = ["settings (KEY=VALUE, defaults shown):"]
     for f in dataclasses.fields(ServeConfig):
-        lines.append(f"  {f.name}={'PATH (required)' if f.default is MISSING else f.default}")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        lines.append(f"  {f.name}={'PATH (required)' if default is MISSING else _override_value(default)}")
     return "\n".join(lines)
+
+
+def _override_value(value: object) -> str:
+    """``value`` in Hydra's override grammar."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return f"[{','.join(map(_override_value, value))}]"
+    return repr(value) if value == "" else str(value)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
