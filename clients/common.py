@@ -288,12 +288,13 @@ async def run_session(url: str, config: dict[str, Any], frames: AsyncIterator[tu
             await ws.send(protocol.config(**config))
             sender = asyncio.create_task(_send_audio(ws, frames, result, opened))
             receiver = asyncio.create_task(_receive(ws, result, opened, on_message))
-            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            if sender.done() and (source_failure := sender.exception()) is not None:
-                receiver.cancel()  # leaving the block closes the session
-            else:
-                await receiver  # until the server closes (after done, or early with an error)
+            try:
+                await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                if not sender.done() or (source_failure := sender.exception()) is None:
+                    await receiver  # until the server closes (after done, or early with an error)
+            finally:  # leaving the block closes the session
                 sender.cancel()
+                receiver.cancel()
             result.close_code = ws.close_code
     except (InvalidURI, InvalidHandshake, OSError) as exc:  # raised by the opening handshake only
         raise connection_error(url, exc, access) from None

@@ -142,14 +142,19 @@ async def capture(sounddevice: Any, device: int | str | None, rate: int, frame_m
 
 async def transcribe_microphone(args: argparse.Namespace, sounddevice: Any, device: InputDevice) -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+    session = asyncio.current_task()
+    assert session is not None
 
     def on_interrupt() -> None:
+        if stop.is_set():  # the second Ctrl-C
+            session.cancel()
+            return
         print("\n(ending: waiting for the last final; Ctrl-C again to quit)", file=sys.stderr)
         stop.set()
-        loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C raises KeyboardInterrupt
 
-    loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    # Handled by the loop, between callbacks: a KeyboardInterrupt could strike inside PortAudio's
+    # calls on the capture's way out, and end a task with it.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_interrupt)
     config: dict[str, Any] = {"sample_rate": device.rate, "encoding": "pcm_s16le", "channels": 1}
     if args.chunk_ms:
         config["chunk_ms"] = args.chunk_ms
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(transcribe_microphone(args, sounddevice, device))
     except ClientError as exc:
         return fail(exc, exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C before the session, or a second one in it
         return 130
     return 0
 

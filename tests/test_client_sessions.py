@@ -13,6 +13,7 @@ that answers the upgrade as the server does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pty
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -304,7 +305,7 @@ def test_mic_prints_the_letters_played_into_a_real_microphone_as_partials_and_fi
                      *access], pulse.client_env(rate))
     client.wait_listening()
     pulse.play(wavs["cafe"], rate)
-    time.sleep(0.3)  # the last blocks leave PulseAudio
+    time.sleep(0.5)  # the last blocks leave PulseAudio
     assert client.finish() == 0, client.error_text
     messages = [json.loads(line) for line in client.output.splitlines()]
     assert messages[0]["type"] == "ready" and messages[-1]["type"] == "done"
@@ -346,7 +347,7 @@ def test_mic_on_a_terminal_rewrites_the_partial_and_keeps_each_final_above_it(
     pulse.play(wavs["bad"], rate)
     time.sleep(1.5)
     pulse.play(wavs["hg"], rate)
-    time.sleep(0.3)
+    time.sleep(0.5)
     assert client.finish() == 0, client.error_text
     assert "at 44100 Hz" in client.error_text
     assert screen(client.output) == [spelled("bad"), spelled("hg"), ""]
@@ -361,6 +362,25 @@ def test_mic_reports_a_device_it_cannot_use(pulse: Pulse):
                           (["--rate", "1000000"], "cannot capture mono 16-bit audio at 1000000 Hz")):
         proc = run_client("clients.mic", "ws://127.0.0.1:9/", *args, env=pulse.env)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_mic_quits_at_once_on_a_second_ctrl_c(pulse: Pulse):
+    # A server that takes the session and never answers: the first Ctrl-C's wait for the last
+    # final would last for ever.
+    configured = threading.Event()
+
+    async def never_answers(connection: ServerConnection) -> None:
+        async for _message in connection:
+            configured.set()
+
+    with websockets_server(never_answers) as port:
+        client = MicRun([f"ws://127.0.0.1:{port}/"], pulse.client_env(MIC_RATES[0]))
+        assert configured.wait(60), client.error_text
+        client.process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 30
+        while "Ctrl-C again to quit" not in client.error_text and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.finish() == 130, client.error_text  # the second Ctrl-C
 
 
 def test_mic_reports_a_full_server(pulse: Pulse, idle_server: ServerProcess):
@@ -455,21 +475,13 @@ REFUSALS: dict[str, tuple[HTTPStatus, dict[str, Any], dict[str, str]]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def refusing_server() -> Iterator[int]:
-    """A ``websockets`` server on its own event loop (a thread) that answers every upgrade with
-    the :data:`REFUSALS` answer of its path; its port."""
-    def refuse(connection: ServerConnection, request: Request) -> Response:
-        status, body, headers = REFUSALS[urlsplit(request.path).path]
-        response = connection.respond(status, json.dumps(body))
-        response.headers.update(headers)
-        return response
-
-    async def no_session(_connection: ServerConnection) -> None:
-        raise AssertionError("every upgrade is refused")
-
+@contextlib.contextmanager
+def websockets_server(handler: Callable[[ServerConnection], Awaitable[None]],
+                      process_request: Callable[[ServerConnection, Request], Response | None] | None = None,
+                      ) -> Iterator[int]:
+    """A ``websockets`` server on an event loop of its own (a thread); its port."""
     async def start() -> Server:
-        return await serve(no_session, "127.0.0.1", 0, process_request=refuse)
+        return await serve(handler, "127.0.0.1", 0, process_request=process_request)
 
     async def stop() -> None:
         server.close()
@@ -479,10 +491,28 @@ def refusing_server() -> Iterator[int]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     server = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    yield server.sockets[0].getsockname()[1]
-    asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def refusing_server() -> Iterator[int]:
+    """A server that answers every upgrade with the :data:`REFUSALS` answer of its path; its port."""
+    def refuse(connection: ServerConnection, request: Request) -> Response:
+        status, body, headers = REFUSALS[urlsplit(request.path).path]
+        response = connection.respond(status, json.dumps(body))
+        response.headers.update(headers)
+        return response
+
+    async def no_session(_connection: ServerConnection) -> None:
+        raise AssertionError("every upgrade is refused")
+
+    with websockets_server(no_session, refuse) as port:
+        yield port
 
 
 @pytest.mark.parametrize("path, expected", [
