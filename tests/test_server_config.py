@@ -23,6 +23,8 @@ def test_defaults_and_overrides():
     (["port=9000"], "model is required"),
     (["model=m", "port=http"], "port: Value 'http'"),
     (["model=m", "port=70000"], "port must be between 0 and 65535"),
+    (["model=m", "vosk_port=-1"], "vosk_port must be between 0 and 65535"),
+    (["model=m", "port=9000", "sherpa_port=9000"], "port, whisperlive_port, vosk_port, sherpa_port must differ"),
     (["model=m", "max_sessions=0"], "max_sessions must be at least 1"),
     (["model=m", "idle_timeout_s=0"], "idle_timeout_s must be positive"),
     (["model=m", "warmup_batch=-1"], "warmup_batch must be 0"),
