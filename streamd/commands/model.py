@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -14,6 +15,8 @@ from streamd.models.architectures import ARCHITECTURES, build_model
 from streamd.offline.untrained import GENERATED_TOKENS_MAX, architecture_names
 
 CALIBRATION_AUDIO_S = 60.0
+# What each --train task trains.
+TRAINED_ARCH = {"tones": "tiny", "digits": "small"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Build a cache-aware FastConformer-RNNT. Without --train the weights are UNTRAINED: "
             "its transcripts are meaningless; use it for shape, memory and speed benchmarks. "
             "--train tones trains the tiny architecture on the synthetic tone alphabet "
-            "(letters a-h as sine tones) in about five minutes on a CPU. --tokens-per-second "
+            "(letters a-h as sine tones) in about five minutes on a CPU. --train digits trains the small "
+            "architecture on spoken digit strings synthesized by espeak-ng, flite, festival and piper "
+            "voices (docs/models.md; about 90 minutes on 2 CPU cores). --tokens-per-second "
             "calibrates an untrained model to emit about that many tokens per second of speech-like "
             "audio, as a trained model does (an untrained one emits its maximum on every frame), so "
             "that its speed benchmarks count a realistic decoder cost (streamd.models.token_rate)."
@@ -35,9 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))
     create.add_argument("--out", required=True, help="output .nemo file")
     create.add_argument("--seed", type=int, default=0, help="same seed, same weights (default 0)")
-    create.add_argument("--train", choices=("tones",), help="train on a synthetic task instead of random weights")
-    create.add_argument("--steps", type=int, default=1500,
-                        help="maximum training steps; stops early at 100%% held-out accuracy (default 1500)")
+    create.add_argument("--train", choices=sorted(TRAINED_ARCH), help="train on a task instead of random weights")
+    create.add_argument("--steps", type=int,
+                        help="maximum training steps; stops early at 100%% held-out accuracy "
+                             "(default: tones 1500, digits 1200)")
     create.add_argument("--tokens-per-second", type=float,
                         help="untrained only: calibrate the blank output per chunk size to emit about "
                              "this many tokens per second (a trained English model: 3-5)")
@@ -70,13 +76,11 @@ def run_create(args: argparse.Namespace) -> int:
         print("--tokens-per-second must be positive", file=sys.stderr)
         return 2
     token_rate = None
-    if args.train == "tones":
-        if args.arch != "tiny":
-            print("--train tones trains the tiny architecture only", file=sys.stderr)
+    if args.train:
+        if args.arch != TRAINED_ARCH[args.train]:
+            print(f"--train {args.train} trains the {TRAINED_ARCH[args.train]} architecture only", file=sys.stderr)
             return 2
-        from streamd.models.training import train_tone_model
-
-        model = train_tone_model(seed=args.seed, steps=args.steps)
+        model = _train(args.train, args.seed, args.steps)
         trained = dict(model.cfg.streamd.trained)
     else:
         model = build_model(args.arch, seed=args.seed)
@@ -98,6 +102,16 @@ def run_create(args: argparse.Namespace) -> int:
     }
     _print_summary(summary, untrained=trained is None)
     return 0
+
+
+def _train(task: str, seed: int, steps: int | None) -> Any:
+    if task == "tones":
+        from streamd.models.training import train_tone_model
+
+        return train_tone_model(seed=seed) if steps is None else train_tone_model(seed=seed, steps=steps)
+    from streamd.models.digits_training import train_digits_model
+
+    return train_digits_model(seed=seed) if steps is None else train_digits_model(seed=seed, steps=steps)
 
 
 def run_create_offline(args: argparse.Namespace) -> int:

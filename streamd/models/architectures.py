@@ -44,6 +44,7 @@ class Architecture:
     vocab_size: int
     n_mels: int = 128
     dropout: float = 0.1  # encoder; the prediction and joint networks use twice this (published layout)
+    spec_augment: bool = False  # SpecAugment's frequency and time masks on the features while training
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -63,6 +64,14 @@ ARCHITECTURES: dict[str, Architecture] = {
         # Trained only on endless fresh synthetic audio, it cannot overfit: dropout would only
         # slow its training and make its accuracy noisy.
         dropout=0.0,
+    ),
+    # Same structure, sized for a small vocabulary of real speech (the spoken-digits model,
+    # ~3M parameters): 80 mel bins as NeMo's FastConformer recipes, SpecAugment, and dropout,
+    # since its training voices are few compared with the speakers it must hear.
+    "small": Architecture(
+        n_layers=6, d_model=144, n_heads=4, subsampling_conv_channels=64,
+        pred_hidden=160, pred_rnn_layers=1, joint_hidden=160, vocab_size=64, n_mels=80,
+        dropout=0.1, spec_augment=True,
     ),
     # Same structure, next to no compute (~11k parameters), for benchmarks of what a step and the
     # server cost besides the model: on a GPU that is most of a step. On the CPU its server, like
@@ -151,6 +160,12 @@ def model_config(arch: Architecture, tokenizer_dir: str) -> DictConfig:
         "loss": {"loss_name": "pytorch"},
         "optim": None,
     }
+    if arch.spec_augment:
+        # Masks sized for short utterances (1-5 s) and 80 bins; applied only in training mode.
+        cfg["spec_augment"] = {
+            "_target_": "nemo.collections.asr.modules.SpectrogramAugmentation",
+            "freq_masks": 2, "freq_width": 12, "time_masks": 2, "time_width": 0.05,
+        }
     return OmegaConf.create(cfg)
 
 

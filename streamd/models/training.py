@@ -1,12 +1,16 @@
-"""Train the tiny architecture on the tone alphabet: a model that really recognizes something.
+"""Train a model that really recognizes something: the tone alphabet, or spoken digits.
 
-Plain PyTorch on the NeMo modules (no Lightning trainer): the loop is small enough to read in
-one screen and trains in about five minutes on 2 CPU cores, until three fresh held-out sets of
-256 (64 sequences x 4 chunk sizes, a third of them with long silences) are all exactly right.
-What remains is rare: measured on ~1000 further fresh sequences, about 0.3 % come out wrong,
-each a tone of a run of identical tones dropped or doubled (e.g. "f f f f" heard as "f f f").
-The encoder picks one of its four att_context_sizes at random on every training forward
-(NeMo's multi-lookahead training), so one model serves all four chunk sizes.
+Plain PyTorch on the NeMo modules (no Lightning trainer): one loop (:func:`train`) serves every
+:class:`TrainingTask`, which supplies the architecture, the tokenizer's text, fresh training
+examples and held-out ones. The encoder picks one of its four att_context_sizes at random on
+every training forward (NeMo's multi-lookahead training), so one model serves all four chunk
+sizes. The evaluated and saved weights are an exponential moving average of the trained ones.
+
+The tone model (:func:`train_tone_model`) trains in about five minutes on 2 CPU cores, until
+three fresh held-out sets of 256 (64 sequences x 4 chunk sizes, a third of them with long
+silences) are all exactly right. What remains is rare: measured on ~1000 further fresh
+sequences, about 0.3 % come out wrong, each a tone of a run of identical tones dropped or
+doubled (e.g. "f f f f" heard as "f f f"). The digits model: :mod:`streamd.models.digits_training`.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,7 +32,8 @@ from streamd.models.architectures import ATT_CONTEXT_SIZES, build_model, mark_or
 
 log = get_logger(__name__)
 
-EVAL_BELOW_LOSS = 1.5
+# An example: audio (float32 mono, 16 kHz) and its transcript.
+Example = tuple[np.ndarray, str]
 SILENT_SHARE = 0.05
 LONG_SILENCE_SHARE = 0.25
 LONG_SILENCE_S = (0.3, 2.5)
@@ -70,13 +76,42 @@ def _with_silences(rng: np.random.Generator, letters: str) -> tones.ToneSequence
     return tones.ToneSequence(np.concatenate([before.audio, silence, after.audio]), letters)
 
 
-def _batch(model: Any, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, ...]:
-    sequences = [_with_silences(rng, _training_letters(rng)) for _ in range(size)]
-    audio_len = torch.tensor([len(s.audio) for s in sequences])
+def _tone_examples(rng: np.random.Generator, count: int) -> list[Example]:
+    return [(s.audio, s.text) for s in (_with_silences(rng, _training_letters(rng)) for _ in range(count))]
+
+
+def _tone_held_out(rng: np.random.Generator, count: int) -> list[Example]:
+    """Uniform letters (no oversampled repeats), with the training's long silences."""
+    return [(s.audio, s.text) for s in (_with_silences(rng, tones.random_letters(rng)) for _ in range(count))]
+
+
+@dataclass(frozen=True)
+class TrainingTask:
+    """What :func:`train` learns: an architecture, its tokenizer's text, and examples."""
+
+    name: str  # recorded in the model's origin ("tones", "digits")
+    arch: str
+    corpus: list[str]  # the tokenizer's training text
+    examples: Callable[[np.random.Generator, int], list[Example]]  # fresh training examples
+    held_out: Callable[[np.random.Generator, int], list[Example]]  # fresh evaluation examples
+    # An early model emits the maximum symbols on every frame, which makes decoding (and so
+    # evaluation) slow and pointless: evaluate only once the smoothed loss is below this.
+    evaluate_below_loss: float
+    warmup_steps: int = 50
+    threads: int = 1  # torch threads while training
+
+
+TONES = TrainingTask(name="tones", arch="tiny", corpus=tones.transcript_corpus(), examples=_tone_examples,
+                     held_out=_tone_held_out, evaluate_below_loss=1.5)
+
+
+def _batch(model: Any, examples: list[Example]) -> tuple[torch.Tensor, ...]:
+    size = len(examples)
+    audio_len = torch.tensor([len(audio) for audio, _ in examples])
     audio = torch.zeros(size, int(audio_len.max()))
-    for i, seq in enumerate(sequences):
-        audio[i, : len(seq.audio)] = torch.from_numpy(seq.audio)
-    targets = [model.tokenizer.text_to_ids(s.text) for s in sequences]
+    for i, (samples, _) in enumerate(examples):
+        audio[i, : len(samples)] = torch.from_numpy(samples)
+    targets = [model.tokenizer.text_to_ids(text) for _, text in examples]
     target_len = torch.tensor([len(t) for t in targets])
     target = torch.zeros(size, max(int(target_len.max()), 1), dtype=torch.long)
     for i, ids in enumerate(targets):
@@ -117,18 +152,17 @@ def rnnt_loss(model: Any, audio: torch.Tensor, audio_len: torch.Tensor, target: 
     return transducer_loss(joint, target, encoded_len, target_len, blank=model.decoder.blank_idx).mean()
 
 
-def sequence_accuracy(model: Any, rng: np.random.Generator, count: int) -> float:
-    """Share of fresh random tone sequences (uniform letters, with the training's long silences)
-    whose offline transcript is exactly right, averaged over the four att_context_sizes."""
+def sequence_accuracy(model: Any, examples: list[Example]) -> float:
+    """Share of ``examples`` whose offline transcript is exactly right, averaged over the four
+    att_context_sizes."""
     from streamd.engine.offline import transcribe_offline
 
     model.eval()
-    sequences = [_with_silences(rng, tones.random_letters(rng)) for _ in range(count)]
     correct = 0
     for size in ATT_CONTEXT_SIZES:
-        results = transcribe_offline(model, [s.audio for s in sequences], att_context_size=size)
-        correct += sum(r.text == s.text for r, s in zip(results, sequences))
-    return correct / (count * len(ATT_CONTEXT_SIZES))
+        results = transcribe_offline(model, [audio for audio, _ in examples], att_context_size=size)
+        correct += sum(r.text == text for r, (_, text) in zip(results, examples))
+    return correct / (len(examples) * len(ATT_CONTEXT_SIZES))
 
 
 class WeightAverage:
@@ -167,40 +201,48 @@ class WeightAverage:
 
 def train_tone_model(seed: int = 0, steps: int = 1500, batch_size: int = 16, lr: float = 4e-3,
                      target_accuracy: float = 1.0, eval_every: int = 50, eval_count: int = 64) -> Any:
-    """Build the tiny architecture with a tone-alphabet tokenizer and train it.
+    """Build the tiny architecture with a tone-alphabet tokenizer and train it (:func:`train`)."""
+    return train(TONES, seed, steps, batch_size, lr, target_accuracy, eval_every, eval_count)
 
-    Stops early once held-out sequence accuracy reaches ``target_accuracy``; returns the model
-    in eval mode. Same seed, same model (single-threaded determinism aside).
+
+def train(task: TrainingTask, seed: int, steps: int, batch_size: int, lr: float, target_accuracy: float = 1.0,
+          eval_every: int = 50, eval_count: int = 64) -> Any:
+    """Build ``task.arch`` with a tokenizer of ``task.corpus`` and train it on ``task.examples``.
+
+    Stops early once held-out sequence accuracy reaches ``target_accuracy`` on three fresh sets
+    in a row; returns the model in eval mode. Same seed, same model (single-threaded
+    determinism aside).
     """
     # Early gradients underflow into denormal floats, which x86 CPUs process 10-50x slower, and
     # the flush-to-zero setting reaches only the calling thread; the tiny model's ops are also
     # too small to gain from a thread pool. One thread with flushing: ~0.8 s per step measured
-    # here, against 2-12 s with two threads.
+    # here, against 2-12 s with two threads. A larger model (digits) may gain from a second one.
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(task.threads)
     torch.set_flush_denormal(True)
     try:
-        return _train(seed, steps, batch_size, lr, target_accuracy, eval_every, eval_count)
+        return _train(task, seed, steps, batch_size, lr, target_accuracy, eval_every, eval_count)
     finally:
         torch.set_flush_denormal(False)  # torch's default; inference keeps exact subnormals
         torch.set_num_threads(threads)
 
 
-def _train(seed: int, steps: int, batch_size: int, lr: float, target_accuracy: float, eval_every: int,
-           eval_count: int) -> Any:
+def _train(task: TrainingTask, seed: int, steps: int, batch_size: int, lr: float, target_accuracy: float,
+           eval_every: int, eval_count: int) -> Any:
     torch.manual_seed(seed)
     # NeMo's encoder draws each forward's att_context_size with Python's `random`: unseeded,
     # two runs with the same seed trained different models (seen: one passed every test, the
     # next dropped a tone of "d d d d" in one).
     random.seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_model("tiny", corpus=tones.transcript_corpus(), seed=seed)
+    model = build_model(task.arch, corpus=task.corpus, seed=seed)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
     # Warm-up, then cosine decay over the step budget: a constant rate leaves accuracy noisy
     # (85-96 %); decay lets it settle. Training stops early once the target is held.
     def rate(step: int) -> float:
-        return min(1.0, (step + 1) / 50) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(step / steps, 1.0))))
+        warmup = min(1.0, (step + 1) / task.warmup_steps)
+        return warmup * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(step / steps, 1.0))))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     average = WeightAverage(model)
@@ -209,7 +251,7 @@ def _train(seed: int, steps: int, batch_size: int, lr: float, target_accuracy: f
     accuracy = smoothed = 0.0
     held = 0
     for step in range(1, steps + 1):
-        loss = rnnt_loss(model, *_batch(model, rng, batch_size))
+        loss = rnnt_loss(model, *_batch(model, task.examples(rng, batch_size)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -219,13 +261,13 @@ def _train(seed: int, steps: int, batch_size: int, lr: float, target_accuracy: f
         # An early model emits the maximum symbols on every frame, which makes decoding (and so
         # evaluation) slow and pointless: evaluate only once the loss says it has learned.
         smoothed = loss.item() if step == 1 else 0.9 * smoothed + 0.1 * loss.item()
-        if step % eval_every == 0 and smoothed >= EVAL_BELOW_LOSS and step != steps:
-            log.info("tone training", step=step, loss=round(smoothed, 4),
+        if step % eval_every == 0 and smoothed >= task.evaluate_below_loss and step != steps:
+            log.info("training", task=task.name, step=step, loss=round(smoothed, 4),
                      seconds=round(time.monotonic() - started, 1))
         elif step % eval_every == 0 or step == steps:
             with average.swapped_in():
-                accuracy = sequence_accuracy(model, eval_rng, eval_count)
-            log.info("tone training", step=step, loss=round(smoothed, 4), accuracy=accuracy,
+                accuracy = sequence_accuracy(model, task.held_out(eval_rng, eval_count))
+            log.info("training", task=task.name, step=step, loss=round(smoothed, 4), accuracy=accuracy,
                      seconds=round(time.monotonic() - started, 1))
             held = held + 1 if accuracy >= target_accuracy else 0
             if held >= 3:  # the target on three fresh evaluation sets in a row
@@ -233,5 +275,5 @@ def _train(seed: int, steps: int, batch_size: int, lr: float, target_accuracy: f
             model.train()
     average.copy_to_model()
     model.eval()
-    mark_origin(model, trained={"task": "tones", "steps": step, "accuracy": accuracy})
+    mark_origin(model, trained={"task": task.name, "steps": step, "accuracy": accuracy})
     return model
