@@ -14,6 +14,7 @@ import soundfile as sf
 import soxr
 
 ENCODINGS = {"pcm_s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
+F32_PEAK = 1.5  # the largest f32le sample magnitude accepted (audio is ±1; resampling overshoots a little)
 MIN_RATE, MAX_RATE = 8000, 192000
 
 
@@ -80,9 +81,13 @@ class PcmFormat:
         if self.encoding == "pcm_s16le":
             mono = downmix(samples.reshape(-1, self.channels).astype(np.float32) / 32768.0)
         else:
+            # NaN, Inf or values far outside the ±1 range are not audio; the little overshoot that
+            # resampling (a browser's, a client's) gives full-scale audio is.
+            peak = float(np.max(np.abs(samples))) if len(samples) else 0.0
+            if not peak <= F32_PEAK:  # also catches NaN
+                raise AudioError(f"f32le samples must lie within ±1 (found {peak:.3g}; at most ±{F32_PEAK:g} "
+                                 "is accepted), and be finite")
             mono = downmix(samples.reshape(-1, self.channels).astype(np.float32))
-            if not np.isfinite(mono).all():
-                raise AudioError("audio contains NaN or infinite samples")
         return mono
 
 

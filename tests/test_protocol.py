@@ -87,7 +87,7 @@ def test_client_messages_round_trip():
 def test_close_codes_match_the_table():
     table = {"shutting_down": 1001, "bad_message": 4000, "bad_config": 4001, "audio_before_config": 4002,
              "bad_audio": 4003, "message_too_big": 1009, "idle_timeout": 4008, "max_session": 4009,
-             "internal_error": 1011}
+             "config_timeout": 4010, "slow_reader": 4012, "internal_error": 1011}
     assert {code.value: code.close_code for code in ErrorCode} == table
 
 

@@ -36,7 +36,9 @@ from streamd.serverproc import ServerProcess, ServerStartError, start_server, st
 CHUNKS_MS = (80, 160, 560, 1120)
 # Every stream in this module but the max_session test's is shorter than max_session_s. The tone
 # model knows gaps of at most 0.3 s (it may hear letters in longer silences): audio stays like that.
-LIMITS = {"max_sessions": 24, "idle_timeout_s": 3, "max_session_s": 3.5, "max_message_bytes": 65536}
+# Every client here is this machine, one address: no per-address limit (test_security.py tests it).
+LIMITS = {"max_sessions": 24, "idle_timeout_s": 3, "max_session_s": 3.5, "max_message_bytes": 65536,
+          "max_sessions_per_ip": 0}
 
 
 # ---------------------------------------------------------------------- the server process
@@ -90,10 +92,12 @@ async def stream(url: str, pcm: Pcm, chunk_ms: int, speed: float | None = None) 
 Messages = list[dict[str, Any]]
 
 
-async def converse(url: str, *outgoing: str | bytes, read_s: float = 60) -> tuple[Messages, int | None]:
-    """Send raw frames, then read until the server closes: (messages, close code received)."""
+async def converse(url: str, *outgoing: str | bytes, read_s: float = 60, **options: Any
+                   ) -> tuple[Messages, int | None]:
+    """Send raw frames, then read until the server closes: (messages, close code received).
+    ``options`` go to ``websockets``' ``connect`` (headers, origin, TLS, local address)."""
     messages: list[dict[str, Any]] = []
-    async with connect(url, max_size=None) as ws:
+    async with connect(url, max_size=None, **options) as ws:
         try:
             for frame in outgoing:
                 await ws.send(frame)

@@ -362,6 +362,7 @@ class StreamingEngine:
         else:
             self._set_partial(stream, update)
         update.audio_seconds = stream.features.samples_total / self.sample_rate
+        update.processed_seconds = stream.encoder_frames * self.frame_s
         if update.partial is not None or update.finals or update.finished:
             updates[stream.stream_id] = update
 

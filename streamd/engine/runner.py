@@ -25,6 +25,9 @@ from streamd.engine.engine import StreamingEngine
 from streamd.engine.engine_process import EngineProcessDied, ProcessWorker
 from streamd.engine.stream import StreamOptions, StreamUpdate
 from streamd.engine.worker import Command, Cycle, EngineFacts, EngineFailure, EngineWorker, freeze_long_lived_objects
+from streamd.log import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,10 +79,13 @@ class EngineRunner:
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
         self._on_device_failure: Callable[[str], None] | None = None
+        self._on_fault: Callable[[str], None] | None = None
+        self._faulted = False  # a cycle or its delivery raised once: a second time fails every stream
         self._batch_window_s = 0.0
 
     async def start(self, build: Callable[[], StreamingEngine], warmup_batch: int = 0,
                     on_device_failure: Callable[[str], None] | None = None,
+                    on_fault: Callable[[str], None] | None = None,
                     load_log_interval_s: float = 0.0, batch_window_s: float = 0.0,
                     engine_process: bool = False) -> EngineFacts:
         """Build the engine on its worker, warm it up, and start stepping.
@@ -87,12 +93,15 @@ class EngineRunner:
         ``warmup_batch``: streams per chunk size in the warm-up's batched round; 0 = the engine's
         batch limit on CUDA, none elsewhere. ``on_device_failure(reason)`` runs on the event loop
         once the device (or the engine's process) stopped running work; every stream has failed
-        by then and the runner steps no more. ``load_log_interval_s``: how often an ``engine
-        load`` event sums up the steps (0: never). ``batch_window_s``: when audio wakes an idle
+        by then and the runner steps no more. ``on_fault(reason)`` runs once when a cycle or its
+        delivery raised (a bug): the runner goes on stepping so that the server can end its
+        sessions with their finals, and fails every stream if that happens again.
+        ``load_log_interval_s``: how often an ``engine load`` event sums up the steps (0: never). ``batch_window_s``: when audio wakes an idle
         engine, how long it waits for more before stepping, so that streams whose chunks complete
         nearly together share one step (0: it steps at once). ``engine_process``: run the engine
         in a child process (``build`` must then pickle: a module-level function or a partial)."""
         self._on_device_failure = on_device_failure
+        self._on_fault = on_fault
         self._worker = ProcessWorker() if engine_process else ThreadWorker()
         facts: EngineFacts = await self._worker.call("start", build, warmup_batch, load_log_interval_s)
         if engine_process:  # this process's own objects; a worker thread has frozen them already
@@ -160,15 +169,34 @@ class EngineRunner:
             while True:
                 try:
                     cycle: Cycle | None = await self._worker.call("cycle", self._take_inbox())
+                    if cycle is None:
+                        break
+                    self._deliver(cycle)
                 except EngineProcessDied as exc:  # like a failed device: no stream can go on
-                    cycle = Cycle([], 0.0, dict.fromkeys(self._sinks, str(exc)), str(exc))
-                if cycle is None:
-                    break
-                self._deliver(cycle)
+                    cycle = self._fail_every_stream(str(exc))
+                except Exception as exc:  # a bug in a cycle or its delivery: its updates may be lost
+                    cycle = self._fault(exc)
                 if cycle.device_failure is not None:
                     if self._on_device_failure is not None:
                         self._on_device_failure(cycle.device_failure)
                     return
+
+    def _fault(self, exc: Exception) -> Cycle:
+        """The first fault is reported (the server then ends every session) and stepping goes on,
+        so that streams get their finals; a second fails every stream."""
+        reason = f"engine cycle failed: {type(exc).__name__}: {exc}"
+        log.exception("engine cycle failed", again=self._faulted)  # called while handling exc
+        if self._faulted:
+            return self._fail_every_stream(reason)
+        self._faulted = True
+        if self._on_fault is not None:
+            self._on_fault(reason)
+        return Cycle([], 0.0, {})
+
+    def _fail_every_stream(self, reason: str) -> Cycle:
+        cycle = Cycle([], 0.0, dict.fromkeys(self._sinks, reason), reason)
+        self._deliver(cycle)
+        return cycle
 
     def _deliver(self, cycle: Cycle) -> None:
         for update in cycle.updates:

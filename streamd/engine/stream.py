@@ -62,6 +62,7 @@ class StreamUpdate:
     finals: list[Utterance] = field(default_factory=list)
     finished: bool = False
     audio_seconds: float = 0.0
+    processed_seconds: float = 0.0  # the audio the encoder has consumed (its frames' span)
     failure: str | None = None  # the step failed for this stream alone (a bug): it is gone
 
     def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
@@ -69,7 +70,7 @@ class StreamUpdate:
         # updates per step across its pipe; with Utterance's and Word's, a fifth less time
         # (400 updates: 1.1 -> 0.9 ms to pickle and load, docs/benchmarks.md).
         return StreamUpdate, (self.stream_id, self.partial, self.partial_tokens, self.partial_probabilities,
-                              self.finals, self.finished, self.audio_seconds, self.failure)
+                              self.finals, self.finished, self.audio_seconds, self.processed_seconds, self.failure)
 
 
 @dataclass(eq=False)  # identity, not field-by-field tensor comparison

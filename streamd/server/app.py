@@ -47,7 +47,7 @@ from streamd.server.protocols.sherpa import SherpaAdapter
 from streamd.server.protocols.vosk import VoskAdapter
 from streamd.server.protocols.whisperlive import WhisperLiveAdapter
 from streamd.server.session import Session
-from streamd.server.wire import Connection, ModelInfo
+from streamd.server.wire import Connection, ErrorCode, ModelInfo, ProtocolError
 
 log = get_logger(__name__)
 
@@ -55,9 +55,6 @@ log = get_logger(__name__)
 # with a message_too_big error; larger ones are cut off by websockets itself (close 1009).
 FRAME_LIMIT_FACTOR = 4
 RETRY_AFTER_S = 1  # a refused client's hint when to try again
-# A refusal said over the WebSocket (Adapter.answers_full) leaves the client this long to read it
-# and close first: WhisperLive's client forgets a WAIT once the connection closes.
-REFUSAL_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -163,8 +160,10 @@ class Server:
     async def _load(self) -> ModelInfo:
         """Load, build and warm up the engine on its worker; describe the model for ``ready``."""
         s = self.settings
-        engine = await self.runner.start(partial(build_engine, s), s.warmup_batch, self._device_failed,
-                                         s.load_log_interval_s, s.batch_window_ms / 1000, s.engine_process)
+        engine = await self.runner.start(
+            partial(build_engine, s), s.warmup_batch, on_device_failure=self._device_failed,
+            on_fault=self._engine_faulted, load_log_interval_s=s.load_log_interval_s,
+            batch_window_s=s.batch_window_ms / 1000, engine_process=s.engine_process)
         return ModelInfo.describe(Path(s.model).stem, engine.sample_rate, engine.att_context_sizes,
                                   engine.frame_s, s.default_chunk_ms)
 
@@ -175,13 +174,21 @@ class Server:
         self.state = "failed"
         self._stop.set()
 
+    def _engine_faulted(self, reason: str) -> None:
+        """A bug in the engine's stepping: nothing it produces can be trusted for long. End every
+        session with its final (the engine still steps) and ``internal_error``, turn ``/readyz`` to
+        ``failed`` and exit with 1, for a supervisor to start a fresh process."""
+        log.error("engine failed; stopping", reason=reason)
+        self.state = "failed"
+        self._stop.set()
+
     async def _drain(self, servers: list[WebSocketServer]) -> None:
         """Stop accepting, let every session end its stream, cancel what outlives the timeout."""
         log.info("shutting down", sessions=len(self._sessions))
         for ws_server in servers:
             ws_server.close(close_connections=False)
         for session in self._sessions:
-            session.shutdown()
+            session.end(self._ending())
 
         async def closed() -> None:
             await asyncio.gather(*(ws_server.wait_closed() for ws_server in servers))
@@ -209,8 +216,8 @@ class Server:
         task = asyncio.current_task()
         assert task is not None
         self._sessions[session] = task
-        if self.state == "draining":  # upgraded just as the drain began
-            session.shutdown()
+        if self.state in ("draining", "failed"):  # upgraded just as the drain began
+            session.end(self._ending())
         try:
             await session.run()
         finally:
@@ -225,11 +232,16 @@ class Server:
         except (ConnectionClosed, asyncio.TimeoutError):
             return  # returning closes the connection
         closing = adapter.full(first_frame, RETRY_AFTER_S)
-        with contextlib.suppress(ConnectionClosed, asyncio.TimeoutError):
+        with contextlib.suppress(ConnectionClosed):
             for frame in closing.frames:
                 await connection.send(frame)
-            await asyncio.wait_for(connection.wait_closed(), REFUSAL_GRACE_S)
         await connection.close(closing.code, closing.reason)
+
+    def _ending(self) -> ProtocolError:
+        """Why the server ends its sessions: shutdown, or a failure that makes it exit."""
+        if self.state == "failed":
+            return ProtocolError(ErrorCode.INTERNAL_ERROR, "the server failed and is restarting")
+        return ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
 
     def _open_connections(self) -> int:
         """Admitted connections not yet closed (sessions, and upgrades still in handshake)."""

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection
@@ -47,6 +50,10 @@ from streamd.server.wire import (
 )
 
 log = get_logger(__name__)
+T = TypeVar("T")
+# The server ends these streams itself: each gets its final even without audio (as after the
+# client's end), so that no protocol's client waits for one.
+SERVER_ENDINGS = (ErrorCode.SHUTTING_DOWN, ErrorCode.INTERNAL_ERROR)
 
 
 def _uncancel(task: asyncio.Task | None) -> bool:
@@ -75,9 +82,13 @@ class Session:
         # the session's task while it waits; _next_message raises the interruption.
         self._task: asyncio.Task | None = None
         self._interruption: BaseException | None = None
-        self._receiving = False
+        self._waiting: str | None = None  # what the task awaits: "client" (a frame) or "engine" (backlog)
         self._wait_started = 0.0
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._timers: list[asyncio.TimerHandle] = []  # idle check, config deadline, wall-clock limit
+        self._progress = asyncio.Event()  # the engine reported this stream's progress
+        self._slow_reader = False
+        self._slow_close: asyncio.Future[None] | None = None
+        self._backlog_pauses = 0
         self._updates: asyncio.Queue[Delivery | EngineFailure] = asyncio.Queue()
         self.config: SessionConfig | None = None
         self._format: PcmFormat | None = None
@@ -87,33 +98,43 @@ class Session:
         self._audio_ended = False
         self._end_reason = "eof"
         self._samples_in = 0  # sample frames received, at the client's rate
+        self._samples_pushed = 0  # samples handed to the engine, at the model's rate
+        self._processed_seconds = 0.0  # audio the engine's encoder has consumed
         self._utterances = 0
         self._audio_seconds = 0.0
         self._steps = 0
         self._step_seconds = 0.0
 
-    def shutdown(self) -> None:
-        """Server shutdown: end the stream with a ``shutdown`` final and close as the protocol says."""
-        self._interrupt(ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is shutting down"))
+    def end(self, reason: ProtocolError) -> None:
+        """The server ends the session (shutdown, or its own failure): the stream's final, then
+        ``reason`` as the protocol says it."""
+        self._interrupt(reason)
 
     async def run(self) -> None:
         started = time.monotonic()
         self.log.info("session open", protocol=self.adapter.name, peer=str(self.connection.remote_address))
         outcome = "cancelled"  # by the server when shutdown_timeout_s ran out
         self._task = asyncio.current_task()
-        self._arm_idle_timer(self.settings.idle_timeout_s)
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        self._arm_idle_timer(s.idle_timeout_s)
+        self._timers += [
+            loop.call_later(s.config_timeout_s, self._check_started),
+            loop.call_later(s.max_session_wall_s, self._interrupt, ProtocolError(
+                ErrorCode.MAX_SESSION, f"the session lasted max_session_wall_s={s.max_session_wall_s:g} s")),
+        ]
         try:
             outcome = await self._serve()
         except ConnectionClosed:
-            outcome = "client_gone"
+            outcome = "slow_reader" if self._slow_reader else "client_gone"
         except Exception:
             outcome = "internal_error"
             self.log.exception("session failed")
             with contextlib.suppress(ConnectionClosed):
                 await self._close(ProtocolError(ErrorCode.INTERNAL_ERROR, "internal server error"))
         finally:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
+            for timer in self._timers:
+                timer.cancel()
             if self._writer is not None:
                 self._writer.cancel()
             if self._stream_id is not None and not self._stream_done:
@@ -121,7 +142,7 @@ class Session:
             self.log.info(
                 "session closed", protocol=self.adapter.name, outcome=outcome,
                 audio_seconds=round(self._samples_in / self.config.sample_rate, 3) if self.config else 0.0,
-                utterances=self._utterances, steps=self._steps,
+                utterances=self._utterances, steps=self._steps, backlog_pauses=self._backlog_pauses,
                 mean_step_ms=round(1000 * self._step_seconds / self._steps, 2) if self._steps else None,
                 duration_s=round(time.monotonic() - started, 3),
             )
@@ -137,8 +158,7 @@ class Session:
         except ProtocolError as exc:
             ending = exc
             self._end_reason = END_REASONS.get(exc.code, "error")
-        if self._stream_id is not None and (ending is None or ending.code is ErrorCode.SHUTTING_DOWN
-                                            or self._samples_in):
+        if self._stream_id is not None and (ending is None or ending.code in SERVER_ENDINGS or self._samples_in):
             self._end_stream()
             await self._writer  # returns after the last final went out
             self._stream_done = True
@@ -149,8 +169,9 @@ class Session:
         for action in actions:
             if isinstance(action, Audio):
                 self._push(action.data)
+                await self._within_backlog()
             elif isinstance(action, Send):
-                await self.connection.send(action.frame)
+                await self._send(action.frame)
             elif isinstance(action, Start):
                 await self._start(action.config)
             elif isinstance(action, Finalize):
@@ -191,6 +212,7 @@ class Session:
         self._samples_in += len(samples)
         resampled = self._resampler.process(samples)
         if len(resampled):
+            self._samples_pushed += len(resampled)
             self.runner.push(stream_id, resampled)
         if over:
             limit = self.settings.max_session_s
@@ -210,25 +232,34 @@ class Session:
             self.log.info("session error", code=ending.code.value, message=ending.message)
         closing = self.adapter.closing(ending, Summary(self.id, self._audio_seconds, self._utterances))
         for frame in closing.frames:
-            await self.connection.send(frame)
+            await self._send(frame)
         await self.connection.close(closing.code, closing.reason)
 
     # ------------------------------------------------------------------ plumbing
+    async def _send(self, frame: str | bytes) -> None:
+        """Send, or close a client that has not taken a message for ``send_timeout_s``: its
+        unread messages would pile up in this server (a timer, not a task per message)."""
+        timer = asyncio.get_running_loop().call_later(self.settings.send_timeout_s, self._close_slow_reader)
+        try:
+            await self.connection.send(frame)
+        finally:
+            timer.cancel()
+
+    def _close_slow_reader(self) -> None:
+        """The close frame queues behind what the client did not read; websockets gives up on the
+        close handshake after its close timeout and drops the connection. Both sends then fail."""
+        if not self._slow_reader:
+            self._slow_reader = True
+            limit = self.settings.send_timeout_s
+            self.log.info("session error", code=ErrorCode.SLOW_READER.value,
+                          message=f"the client took no message for send_timeout_s={limit:g} s")
+            code = ErrorCode.SLOW_READER
+            self._slow_close = asyncio.ensure_future(self.connection.close(code.close_code, code.value))
+
     async def _next_message(self) -> str | bytes:
         """The next client frame, size-checked; raises the interruption (idle timeout, shutdown,
         or what stopped the writer: client gone, engine failure) that ended the wait."""
-        if self._interruption is None:
-            self._wait_started = asyncio.get_running_loop().time()
-            self._receiving = True
-            try:
-                message = await self.connection.recv()  # safe to cancel: nothing is lost
-            except asyncio.CancelledError:
-                if self._interruption is None or _uncancel(self._task):
-                    raise  # the server cancels the session (shutdown_timeout_s)
-            finally:
-                self._receiving = False
-        if self._interruption is not None:
-            raise self._interruption
+        message = await self._interruptible(self.connection.recv(), "client")  # safe to cancel: nothing is lost
         limits = self.settings
         size = len(message) if isinstance(message, bytes) else len(message.encode())
         if size > limits.max_message_bytes:
@@ -236,11 +267,46 @@ class Session:
                                 f"{size}-byte frame > max_message_bytes={limits.max_message_bytes}")
         return message
 
+    async def _interruptible(self, waited: Awaitable[T], what: str) -> T:
+        """Await ``waited`` unless or until an interruption comes, then raise it."""
+        if self._interruption is None:
+            self._wait_started = asyncio.get_running_loop().time()
+            self._waiting = what
+            try:
+                return await waited
+            except asyncio.CancelledError:
+                if self._interruption is None or _uncancel(self._task):
+                    raise  # the server cancels the session (shutdown_timeout_s)
+            finally:
+                self._waiting = None
+        elif inspect.iscoroutine(waited):
+            waited.close()
+        raise self._interruption
+
+    async def _within_backlog(self) -> None:
+        """While the audio the engine has not processed yet exceeds ``max_backlog_s``, stop reading
+        the client: TCP flow control then slows a client that sends faster than the engine
+        consumes, and nothing is dropped. Every step that processes the stream reports progress."""
+        limit = self.settings.max_backlog_s
+        if self._backlog_s() > limit:
+            self._backlog_pauses += 1
+        while self._backlog_s() > limit:
+            self._progress.clear()
+            await self._interruptible(self._progress.wait(), "engine")
+
+    def _backlog_s(self) -> float:
+        return self._samples_pushed / self.model.sample_rate - self._processed_seconds
+
+    def _check_started(self) -> None:
+        if self.config is None:
+            limit = self.settings.config_timeout_s
+            self._interrupt(ProtocolError(ErrorCode.CONFIG_TIMEOUT, f"no config within config_timeout_s={limit:g} s"))
+
     def _interrupt(self, reason: BaseException) -> None:
         """End the session's reading with ``reason`` (the first reason wins)."""
         if self._interruption is None:
             self._interruption = reason
-            if self._receiving and self._task is not None:
+            if self._waiting is not None and self._task is not None:
                 self._task.cancel()
 
     def _writer_stopped(self, writer: asyncio.Task[None]) -> None:
@@ -249,21 +315,23 @@ class Session:
             self._interrupt(writer.exception() or RuntimeError("update writer stopped before the stream ended"))
 
     def _arm_idle_timer(self, delay: float) -> None:
-        self._idle_timer = asyncio.get_running_loop().call_later(delay, self._check_idle)
+        self._timers = [t for t in self._timers if not t.cancelled()]
+        self._timers.append(asyncio.get_running_loop().call_later(delay, self._check_idle))
 
     def _check_idle(self) -> None:
         """Interrupt a wait for a client frame that has lasted ``idle_timeout_s``, else check again
-        when the current wait would reach it."""
+        when the current wait would reach it (waiting for the engine is not the client's idleness)."""
         idle = self.settings.idle_timeout_s
+        waiting = self._waiting == "client"
         waited = asyncio.get_running_loop().time() - self._wait_started
-        if self._receiving and waited >= idle:
+        if waiting and waited >= idle:
             self._interrupt(ProtocolError(ErrorCode.IDLE_TIMEOUT, f"no message for {idle:g} s"))
         else:
-            self._arm_idle_timer(idle - waited if self._receiving else idle)
+            self._arm_idle_timer(idle - waited if waiting else idle)
 
     async def _send_event(self, event: Event) -> None:
         for frame in self.adapter.event(event):
-            await self.connection.send(frame)
+            await self._send(frame)
 
     async def _forward_updates(self) -> None:
         """Engine updates -> the adapter's partial and final frames, until the stream's last update."""
@@ -276,6 +344,8 @@ class Session:
             self._steps += 1
             self._step_seconds += delivery.step_seconds
             self._audio_seconds = update.audio_seconds
+            self._processed_seconds = update.processed_seconds
+            self._progress.set()
             if update.partial is not None and self.config.partials:
                 await self._send_event(Partial(self._utterances, update.partial, update.partial_tokens,
                                                update.partial_probabilities, update.audio_seconds))

@@ -32,6 +32,8 @@ class ErrorCode(str, Enum):
     MESSAGE_TOO_BIG = "message_too_big"
     IDLE_TIMEOUT = "idle_timeout"
     MAX_SESSION = "max_session"
+    CONFIG_TIMEOUT = "config_timeout"
+    SLOW_READER = "slow_reader"
     INTERNAL_ERROR = "internal_error"
 
     @property
@@ -48,6 +50,8 @@ _CLOSE_CODES = {
     ErrorCode.MESSAGE_TOO_BIG: 1009,
     ErrorCode.IDLE_TIMEOUT: 4008,
     ErrorCode.MAX_SESSION: 4009,
+    ErrorCode.CONFIG_TIMEOUT: 4010,
+    ErrorCode.SLOW_READER: 4012,
     ErrorCode.INTERNAL_ERROR: 1011,
 }
 CLOSE_NORMAL = 1000
@@ -57,6 +61,7 @@ END_REASONS = {
     ErrorCode.SHUTTING_DOWN: "shutdown",
     ErrorCode.IDLE_TIMEOUT: "idle_timeout",
     ErrorCode.MAX_SESSION: "max_session",
+    ErrorCode.INTERNAL_ERROR: "internal_error",
 }
 
 

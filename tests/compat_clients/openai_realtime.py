@@ -77,8 +77,9 @@ async def main() -> None:
                 logprobs = [p.model_dump() for p in event.logprobs] if event.logprobs else None
                 completed.append({"item_id": event.item_id, "transcript": event.transcript,
                                   "usage_seconds": event.usage.seconds, "logprobs": logprobs})
-                if len(completed) >= args.items:
-                    break
+            items_done = sum(e["type"] == "conversation.item.done" for e in events)
+            if len(completed) >= args.items and (args.shape == "beta" or items_done >= args.items):
+                break  # a GA item ends with conversation.item.done, after its completed
         await sender
     print(json.dumps({"events": events, "completed": completed, "deltas": deltas}))
 
