@@ -96,10 +96,11 @@ class EngineRunner:
         by then and the runner steps no more. ``on_fault(reason)`` runs once when a cycle or its
         delivery raised (a bug): the runner goes on stepping so that the server can end its
         sessions with their finals, and fails every stream if that happens again.
-        ``load_log_interval_s``: how often an ``engine load`` event sums up the steps (0: never). ``batch_window_s``: when audio wakes an idle
-        engine, how long it waits for more before stepping, so that streams whose chunks complete
-        nearly together share one step (0: it steps at once). ``engine_process``: run the engine
-        in a child process (``build`` must then pickle: a module-level function or a partial)."""
+        ``load_log_interval_s``: how often an ``engine load`` event sums up the steps (0: never).
+        ``batch_window_s``: when audio wakes an idle engine, how long it waits for more before
+        stepping, so that streams whose chunks complete nearly together share one step (0: it
+        steps at once). ``engine_process``: run the engine in a child process (``build`` must
+        then pickle: a module-level function or a partial)."""
         self._on_device_failure = on_device_failure
         self._on_fault = on_fault
         self._worker = ProcessWorker() if engine_process else ThreadWorker()
