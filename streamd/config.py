@@ -18,8 +18,8 @@ from hydra import compose, initialize
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ class ConfigError(ValueError):
 class ServeConfig:
     """Settings of ``streamd serve``; docs/server.md documents every key."""
 
-    model: str = MISSING  # .nemo file or pretrained model name
+    model: str = ""  # .nemo file or pretrained model name; empty: the model shipped with streamd
     host: str = "127.0.0.1"
     port: int = 8765  # 0 = any free port (logged at start)
     # Access (docs/security.md): tokens for sessions and /metrics; required off loopback.
@@ -128,7 +128,5 @@ def _describe(exc: Exception) -> str:
     """One line naming the key, from OmegaConf's error (Hydra wraps it as the cause)."""
     cause = exc.__cause__ if isinstance(exc, HydraException) and exc.__cause__ else exc
     key = getattr(cause, "full_key", None)
-    if isinstance(cause, MissingMandatoryValue):
-        return f"{key} is required (give {key}=...)"
     message = str(cause).splitlines()[0]
     return f"{key}: {message}" if key else message

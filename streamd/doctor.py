@@ -13,6 +13,7 @@ import torch
 
 from streamd import __version__, npu
 from streamd.devices import resolve_device
+from streamd.models.bundled import default_model_path
 
 # Environment variables that change how streamd finds and uses its devices, reported as set.
 ENVIRONMENT_VARIABLES = (
@@ -74,6 +75,12 @@ def nemo_and_shims_report() -> dict[str, Any]:
     return report
 
 
+def default_model_report() -> dict[str, Any]:
+    """The model `serve` and `transcribe` use when none is named, and whether its file is there."""
+    path = default_model_path()
+    return {"path": str(path), "exists": path.is_file()}
+
+
 def problems(report: dict[str, Any]) -> list[str]:
     """What stands between this environment and serving, each with its fix."""
     found = []
@@ -86,6 +93,9 @@ def problems(report: dict[str, Any]) -> list[str]:
         visible = report["environment"].get(npu.VISIBLE_DEVICES_VARIABLE)
         found.append("torch_npu loads but sees no NPU (is the driver installed? npu-smi info lists the devices"
                      + (f"; {npu.VISIBLE_DEVICES_VARIABLE}={visible}" if visible is not None else "") + ")")
+    if not report["default_model"]["exists"]:
+        found.append(f"the shipped model is missing ({report['default_model']['path']}): reinstall streamd, or "
+                     "name a model (serve model=PATH, transcribe --model PATH)")
     return found
 
 
@@ -100,8 +110,7 @@ def environment_report() -> dict[str, Any]:
         "npu": npu_report(),
         "auto_device": str(resolve_device("auto")),
         **nemo_and_shims_report(),
-        # No model ships in the package yet: `serve` and `transcribe` need model=PATH.
-        "default_model": None,
+        "default_model": default_model_report(),
         "environment": {name: os.environ[name] for name in ENVIRONMENT_VARIABLES if name in os.environ},
     }
     report["problems"] = problems(report)
@@ -126,6 +135,7 @@ def format_report(report: dict[str, Any]) -> str:
     triton = report["triton"] or "not installed"
     if report["triton_skipped_backends"]:
         triton += f" (backends skipped: {', '.join(report['triton_skipped_backends'])})"
+    default = report["default_model"]
     rows = [
         ("streamd", f"{report['streamd']} (Python {report['python']})"),
         ("torch", f"{report['torch']} ({build})"),
@@ -135,7 +145,7 @@ def format_report(report: dict[str, Any]) -> str:
         ("device auto", report["auto_device"]),
         ("triton", triton),
         ("shims", "; ".join(report["shims"]) or "none needed"),
-        ("default model", report["default_model"] or "none shipped: pass model=PATH"),
+        ("default model", default["path"] + ("" if default["exists"] else " (missing)")),
         *((name, value) for name, value in report["environment"].items()),
     ]
     width = max(len(name) for name, _ in rows)

@@ -156,15 +156,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_command(model: str | Path, port: int, overrides: Sequence[str],
+def server_command(model: str | Path | None, port: int, overrides: Sequence[str],
                    python_args: Sequence[str] = ("-m", "streamd")) -> list[str]:
     """The command line of ``streamd serve`` on loopback ``port``, JSON logs, with ``key=value``
-    overrides; ``python_args`` as in :func:`start_server`."""
-    return [sys.executable, *python_args, "--log-format", "json", "serve", f"model={model}", "host=127.0.0.1",
+    overrides; ``python_args`` as in :func:`start_server`; ``model`` None: the shipped model."""
+    named = [] if model is None else [f"model={model}"]
+    return [sys.executable, *python_args, "--log-format", "json", "serve", *named, "host=127.0.0.1",
             f"port={port}", *overrides]
 
 
-def start_server(model: str | Path, log_path: Path, ready_timeout_s: float = 300,
+def start_server(model: str | Path | None, log_path: Path, ready_timeout_s: float = 300,
                  python_args: Sequence[str] = ("-m", "streamd"), env: Mapping[str, str] | None = None,
                  cafile: str | Path | None = None, **settings: Any) -> ServerProcess:
     """``python -m streamd serve`` on a free port; returns once ``/readyz`` answers 200.

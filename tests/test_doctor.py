@@ -26,10 +26,11 @@ def test_doctor_reports_this_environment():
     if importlib.util.find_spec("torch_npu") is None:
         assert report["npu"]["torch_npu"] is None and report["npu"]["devices"] == 0
     assert report["auto_device"] in {"cpu", "cuda:0", "npu:0"}
-    assert report["default_model"] is None
+    # The shipped model: the file serve and transcribe use when no model is named.
+    assert report["default_model"]["exists"] and report["default_model"]["path"].endswith(".nemo")
     assert isinstance(report["shims"], list)
 
     lines = format_report(report).splitlines()
     assert any(line.startswith("torch ") and torch.__version__ in line for line in lines)
-    assert any(line.startswith("default model ") and "none" in line for line in lines)
+    assert any(line.startswith("default model ") and report["default_model"]["path"] in line for line in lines)
     assert lines[-1] == "no problems found"

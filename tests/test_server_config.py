@@ -20,7 +20,6 @@ def test_defaults_and_overrides():
 @pytest.mark.parametrize("overrides, message", [
     (["model=m", "prot=9000"], "unknown key 'prot'; valid keys: model, host, port"),
     (["model=m", "+extra=1"], "unknown key 'extra'"),
-    (["port=9000"], "model is required"),
     (["model=m", "port=http"], "port: Value 'http'"),
     (["model=m", "port=70000"], "port must be between 0 and 65535"),
     (["model=m", "vosk_port=-1"], "vosk_port must be between 0 and 65535"),

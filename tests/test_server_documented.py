@@ -156,3 +156,16 @@ def test_draining_refuses_probes_and_upgrades_and_cuts_off_sessions_past_shutdow
     outcomes = {r["session_id"]: r["outcome"] for r in records if r["event"] == "session closed"}
     assert outcomes.pop(stalled_id) == "cancelled"
     assert list(outcomes.values()) == ["shutting_down"]
+
+
+def test_serve_with_no_model_serves_the_one_shipped_with_streamd(tmp_path: Path, rng: np.random.Generator):
+    from streamd.models.bundled import default_model_path
+
+    server = start_server(None, tmp_path / "server.log", threads=1)
+    try:
+        sequence = letters_sequence(rng, 1)[0]
+        assert_complete(asyncio.run(stream(server.url, tone_pcm(sequence), 560)), sequence)
+        [loaded] = [r for r in log_records(server.log_tail(1_000_000)) if r["event"] == "model loaded"]
+        assert loaded["model"] == str(default_model_path())
+    finally:
+        assert server.stop() == 0, server.log_tail()

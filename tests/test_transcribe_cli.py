@@ -44,13 +44,14 @@ def test_transcribe_json_any_format_and_bad_files(tone_model_path, rng, tmp_path
         assert [w["word"] for w in row["words"]] == list(seq_a.letters)
 
 
-def test_quick_start_tones_command_and_transcribe(tone_model_path, tmp_path):
-    """The README's quick start: `streamd tones caffe` spells c a f f e, the tone model hears it."""
+def test_quick_start_tones_command_and_transcribe(tmp_path):
+    """The README's quick start: `streamd tones caffe` spells c a f f e, and the model shipped with
+    streamd (no --model) hears it."""
     wav = tmp_path / "caffe.wav"
     streamd_cli("tones", "caffe", "--out", str(wav), "--seed", "3")
     audio, rate = sf.read(wav)
     assert rate == 16000 and audio.ndim == 1
-    proc = streamd_cli("transcribe", str(wav), "--model", str(tone_model_path), "--json")
+    proc = streamd_cli("transcribe", str(wav), "--json")
     assert json.loads(proc.stdout)["text"] == "c a f f e"
     refused = streamd_cli("tones", "xyz", "--out", str(tmp_path / "x.wav"), check=False)
     assert refused.returncode == 2 and "letters must be among" in refused.stderr

@@ -7,8 +7,6 @@ import asyncio
 import dataclasses
 import sys
 
-from omegaconf import MISSING
-
 from streamd.config import ConfigError, ServeConfig, load_config
 
 
@@ -17,7 +15,7 @@ def _settings_help() -> str:
     lines = ["settings (KEY=VALUE, defaults shown):"]
     for f in dataclasses.fields(ServeConfig):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        lines.append(f"  {f.name}={'PATH (required)' if default is MISSING else _override_value(default)}")
+        lines.append(f"  {f.name}={_override_value(default)}")
     return "\n".join(lines)
 
 
@@ -58,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
     if (problem := _access_problem(settings)) is not None:
         print(f"streamd serve: {problem}", file=sys.stderr)
         return 2
+    from streamd.models.bundled import model_or_default
     from streamd.server.app import run_server
 
+    settings.model = model_or_default(settings.model)
     return asyncio.run(run_server(settings))
 
 

@@ -33,7 +33,8 @@ def parse_att_context_size(text: str) -> tuple[int, int]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("transcribe", help="transcribe audio files (RNNT streaming/offline, or Whisper)")
     parser.add_argument("files", nargs="+", metavar="FILE")
-    parser.add_argument("--model", required=True, help=".nemo file, pretrained name, or (whisper) a model dir")
+    parser.add_argument("--model", default="", help=".nemo file or pretrained name (default: the model shipped with "
+                        "streamd), or (whisper) a model dir")
     parser.add_argument("--engine", choices=("rnnt", "whisper"), default="rnnt")
     parser.add_argument("--mode", choices=("streaming", "offline"), default="streaming",
                         help="rnnt: through the streaming engine (default) or whole-file")
@@ -58,6 +59,10 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.engine == "whisper":
+        if not args.model:
+            print("streamd transcribe: --engine whisper needs --model DIR (a Whisper model directory)",
+                  file=sys.stderr)
+            return 2
         from streamd.offline.whisper import transcribe_files
 
         failed = 0
@@ -67,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
         return 1 if failed else 0
 
     from streamd.engine.loading import UNTRAINED_WARNING, is_untrained, prepare_model
+    from streamd.models.bundled import model_or_default
     from streamd.transcribe import transcribe
 
-    model = prepare_model(args.model, args.device, args.dtype)
+    model = prepare_model(model_or_default(args.model), args.device, args.dtype)
     if is_untrained(model):
         log.warning(UNTRAINED_WARNING)
     endpointing = EndpointingOptions(enabled=args.endpointing_ms > 0, silence_ms=args.endpointing_ms or 800)

@@ -313,7 +313,7 @@ def build_engine(settings: ServeConfig) -> StreamingEngine:
     model = prepare_model(s.model, s.device, s.dtype, s.decoder_cuda_graphs, s.encoder_cuda_graphs)
     if is_untrained(model):
         log.warning(UNTRAINED_WARNING)
-    log.info("model loaded", seconds=round(time.monotonic() - started, 1))
+    log.info("model loaded", model=s.model, seconds=round(time.monotonic() - started, 1))
     engine = StreamingEngine(model, max_batch=s.max_batch, max_streams=s.max_sessions)
     log.info("engine built", seconds=round(time.monotonic() - started, 1))
     return engine
