@@ -45,6 +45,7 @@ class ServeConfig:
     whisperlive_port: int = 0
     vosk_port: int = 0
     sherpa_port: int = 0
+    metrics_port: int = 0  # /metrics also here, without tokens (an operators' network); 0 = the main port only
     device: str = "auto"  # auto|cpu|cuda[:N]|npu[:N]
     dtype: str = "float32"  # float32|float16|bfloat16
     threads: int = 1  # torch CPU threads for model work; 0 = torch's default (one per core)
@@ -68,7 +69,7 @@ class ServeConfig:
     shutdown_timeout_s: float = 30.0  # on SIGTERM, how long active streams get to finish
 
     def __post_init__(self) -> None:
-        ports = ("port", "whisperlive_port", "vosk_port", "sherpa_port")
+        ports = ("port", "whisperlive_port", "vosk_port", "sherpa_port", "metrics_port")
         for name in ports:
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be between 0 and 65535")

@@ -214,6 +214,13 @@ class StreamingEngine:
             raise KeyError(f"no open stream {stream_id}")
         return stream
 
+    @property
+    def architecture(self) -> str:
+        """streamd's name for an architecture it made (``tiny``, ``nemotron-0.6b``), else the
+        encoder's layers x width and the model's class."""
+        made = (self.model.cfg.get("streamd") or {}).get("arch")
+        return made or f"{len(self.encoder.layers)}x{self.encoder.d_model} {type(self.model).__name__}"
+
     def chunk_samples(self, size: tuple[int, int]) -> int:
         """Audio samples in one steady chunk of an att_context_size: R + 1 encoder frames."""
         return (size[1] + 1) * round(self.sample_rate * self.frame_s)

@@ -80,12 +80,14 @@ class EngineRunner:
         self._pump_task: asyncio.Task[None] | None = None
         self._on_device_failure: Callable[[str], None] | None = None
         self._on_fault: Callable[[str], None] | None = None
+        self._on_step: Callable[[float, int], None] | None = None
         self._faulted = False  # a cycle or its delivery raised once: a second time fails every stream
         self._batch_window_s = 0.0
 
     async def start(self, build: Callable[[], StreamingEngine], warmup_batch: int = 0,
                     on_device_failure: Callable[[str], None] | None = None,
                     on_fault: Callable[[str], None] | None = None,
+                    on_step: Callable[[float, int], None] | None = None,
                     load_log_interval_s: float = 0.0, batch_window_s: float = 0.0,
                     engine_process: bool = False) -> EngineFacts:
         """Build the engine on its worker, warm it up, and start stepping.
@@ -96,6 +98,7 @@ class EngineRunner:
         by then and the runner steps no more. ``on_fault(reason)`` runs once when a cycle or its
         delivery raised (a bug): the runner goes on stepping so that the server can end its
         sessions with their finals, and fails every stream if that happens again.
+        ``on_step(seconds, streams)`` runs after every step (for metrics).
         ``load_log_interval_s``: how often an ``engine load`` event sums up the steps (0: never).
         ``batch_window_s``: when audio wakes an idle engine, how long it waits for more before
         stepping, so that streams whose chunks complete nearly together share one step (0: it
@@ -103,6 +106,7 @@ class EngineRunner:
         then pickle: a module-level function or a partial)."""
         self._on_device_failure = on_device_failure
         self._on_fault = on_fault
+        self._on_step = on_step
         self._worker = ProcessWorker() if engine_process else ThreadWorker()
         facts: EngineFacts = await self._worker.call("start", build, warmup_batch, load_log_interval_s)
         if engine_process:  # this process's own objects; a worker thread has frozen them already
@@ -173,6 +177,8 @@ class EngineRunner:
                     if cycle is None:
                         break
                     self._deliver(cycle)
+                    if cycle.streams and self._on_step is not None:
+                        self._on_step(cycle.step_seconds, cycle.streams)
                 except EngineProcessDied as exc:  # like a failed device: no stream can go on
                     cycle = self._fail_every_stream(str(exc))
                 except Exception as exc:  # a bug in a cycle or its delivery: its updates may be lost

@@ -54,6 +54,9 @@ class EngineFacts:
     sample_rate: int
     att_context_sizes: list[tuple[int, int]]
     frame_s: float
+    architecture: str  # e.g. "tiny" (streamd's architectures) or "24x1024 EncDecRNNTBPEModel"
+    device: str
+    dtype: str
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Cycle:
     step_seconds: float
     failed: dict[int, str]  # stream id -> why its command or the step failed
     device_failure: str | None = None  # set once the device stopped running work: no later cycle steps
+    streams: int = 0  # streams the step ran (its batch), 0 when it did not step
 
 
 class EngineWorker:
@@ -89,7 +93,8 @@ class EngineWorker:
         freeze_long_lived_objects()
         self._load = LoadWindow(load_log_interval_s)
         engine = self.engine
-        return EngineFacts(engine.sample_rate, list(engine.att_context_sizes), engine.frame_s)
+        return EngineFacts(engine.sample_rate, list(engine.att_context_sizes), engine.frame_s, engine.architecture,
+                           str(engine.device), str(engine.dtype).removeprefix("torch."))
 
     def _warm_up(self, batch: int) -> None:
         """Encoder CUDA graphs for every batch size, then per chunk size one short stream and a
@@ -179,4 +184,5 @@ class EngineWorker:
             log.info("engine load", **self._load.summary())
             self._load = LoadWindow(self._load.interval_s)
         failed.update({u.stream_id: f"step: {u.failure}" for u in updates if u.failure is not None})
-        return Cycle([u for u in updates if u.failure is None], engine.last_stats.total_s, failed)
+        stats = engine.last_stats
+        return Cycle([u for u in updates if u.failure is None], stats.total_s, failed, streams=stats.streams)

@@ -27,6 +27,7 @@ from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from prometheus_client import start_http_server
 from websockets.asyncio.server import Server as WebSocketServer
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -39,6 +40,7 @@ from streamd.engine.runner import EngineRunner
 from streamd.log import get_logger
 from streamd.oslimits import raise_open_files_limit
 from streamd.server.access import Access, load_tokens
+from streamd.server.metrics import CONTENT_TYPE, Metrics
 from streamd.server.protocols.base import Adapter, dump
 from streamd.server.protocols.deepgram import DeepgramAdapter
 from streamd.server.protocols.native import NativeAdapter
@@ -102,6 +104,7 @@ class Server:
         self._admitted: set[ServerConnection] = set()
         self._sessions: dict[Session, asyncio.Task[None]] = {}
         self.access = Access(load_tokens(settings.auth_tokens_file), settings.allowed_origins)
+        self.metrics = Metrics(self._backlog_seconds)
 
     def listeners(self) -> list[Listener]:
         s = self.settings
@@ -120,6 +123,8 @@ class Server:
             async with contextlib.AsyncExitStack() as listening:
                 servers = [await listening.enter_async_context(self._listen(listener))
                            for listener in self.listeners()]
+                if s.metrics_port:
+                    listening.callback(self._serve_metrics(s.host, s.metrics_port))
                 port = next(iter(servers[0].sockets)).getsockname()[1]
                 stopping = asyncio.ensure_future(self._stop.wait())
                 loading = asyncio.ensure_future(self._load())
@@ -162,10 +167,14 @@ class Server:
         s = self.settings
         engine = await self.runner.start(
             partial(build_engine, s), s.warmup_batch, on_device_failure=self._device_failed,
-            on_fault=self._engine_faulted, load_log_interval_s=s.load_log_interval_s,
-            batch_window_s=s.batch_window_ms / 1000, engine_process=s.engine_process)
-        return ModelInfo.describe(Path(s.model).stem, engine.sample_rate, engine.att_context_sizes,
-                                  engine.frame_s, s.default_chunk_ms)
+            on_fault=self._engine_faulted, on_step=self.metrics.observe_step,
+            load_log_interval_s=s.load_log_interval_s, batch_window_s=s.batch_window_ms / 1000,
+            engine_process=s.engine_process)
+        model = ModelInfo.describe(Path(s.model).stem, engine.sample_rate, engine.att_context_sizes,
+                                   engine.frame_s, s.default_chunk_ms)
+        self.metrics.model.info({"name": model.name, "architecture": engine.architecture, "device": engine.device,
+                                 "dtype": engine.dtype})
+        return model
 
     def _device_failed(self, reason: str) -> None:
         """Every stream has failed and no later one could run: refuse sessions and exit with 1,
@@ -212,7 +221,7 @@ class Server:
         if connection not in self._admitted:  # upgraded only to hear that the server is full
             await self._refuse_full(connection, adapter)
             return
-        session = Session(session_id, connection, adapter, self.runner, self.model, self.settings)
+        session = Session(session_id, connection, adapter, self.runner, self.model, self.settings, self.metrics)
         task = asyncio.current_task()
         assert task is not None
         self._sessions[session] = task
@@ -264,16 +273,15 @@ class Server:
         unavailable = HTTPStatus.SERVICE_UNAVAILABLE
         if path == "/readyz":
             return _json(connection, HTTPStatus.OK if status == "ready" else unavailable, body)
+        if path == "/metrics":
+            return self._metrics(connection, request)
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return None  # not an upgrade: websockets answers 426
         if not self.access.origin_allowed(request.headers, "https" if self.settings.tls_cert else "http"):
             return self._refuse(connection, HTTPStatus.FORBIDDEN, "forbidden",
                                 f"origin {request.headers.get('Origin')!r} is not allowed (allowed_origins)")
         if not self.access.authorized(request.path, request.headers):
-            response = self._refuse(connection, HTTPStatus.UNAUTHORIZED, "unauthorized",
-                                    "a valid token is required: Authorization: Bearer TOKEN, or ?token=TOKEN")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="streamd"'
-            return response
+            return self._unauthorized(connection)
         limit = self.settings.max_sessions_per_ip
         if status == "ready" and limit and self._sessions_from(connection.remote_address[0]) >= limit:
             response = self._refuse(connection, HTTPStatus.TOO_MANY_REQUESTS, "too_many_sessions",
@@ -283,6 +291,7 @@ class Server:
         if status == "full" and listener.routes(path).answers_full:
             return None  # upgraded, not admitted: _handle refuses in the protocol's own words
         if status != "ready":
+            self.metrics.refused.labels(status).inc()
             response = _json(connection, unavailable, body)
             response.headers["Retry-After"] = str(RETRY_AFTER_S)
             return response
@@ -296,7 +305,40 @@ class Server:
     def _refuse(self, connection: ServerConnection, status: HTTPStatus, reason: str, message: str) -> Response:
         """An upgrade refused before the handshake; logged, since no session will be."""
         log.info("connection refused", reason=reason, peer=str(connection.remote_address), message=message)
+        self.metrics.refused.labels(reason).inc()
         return _json(connection, status, dump({"status": reason, "message": message}))
+
+    def _unauthorized(self, connection: ServerConnection) -> Response:
+        response = self._refuse(connection, HTTPStatus.UNAUTHORIZED, "unauthorized",
+                                "a valid token is required: Authorization: Bearer TOKEN, or ?token=TOKEN")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="streamd"'
+        return response
+
+    def _metrics(self, connection: ServerConnection, request: Request) -> Response:
+        """``GET /metrics``: the Prometheus text format, behind the sessions' tokens."""
+        if not self.access.authorized(request.path, request.headers):
+            return self._unauthorized(connection)
+        response = connection.respond(HTTPStatus.OK, "")
+        response.body = self.metrics.exposition()
+        for name, value in (("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(response.body)))):
+            del response.headers[name]  # respond() set them for its text body
+            response.headers[name] = value
+        return response
+
+    def _serve_metrics(self, host: str, port: int) -> Callable[[], None]:
+        """``/metrics`` on a port of its own (prometheus_client's HTTP server, on a thread of its
+        own, without tokens or TLS); returns what stops it."""
+        http_server, thread = start_http_server(port, host, self.metrics.registry)
+        log.info("listening", listener="metrics", host=host, port=http_server.server_port)
+
+        def stop() -> None:
+            http_server.shutdown()
+            thread.join()
+
+        return stop
+
+    def _backlog_seconds(self) -> float:
+        return sum(session.backlog_seconds() for session in self._sessions)
 
 
 def build_engine(settings: ServeConfig) -> StreamingEngine:

@@ -16,10 +16,12 @@ import asyncio
 import contextlib
 import inspect
 import time
+from collections import deque
 from collections.abc import Awaitable
 from typing import TypeVar
 
 import numpy as np
+from prometheus_client import Counter, Histogram
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -29,6 +31,7 @@ from streamd.engine.runner import Delivery, EngineRunner
 from streamd.engine.stream import StreamOptions
 from streamd.engine.worker import EngineFailure
 from streamd.log import get_logger
+from streamd.server.metrics import Metrics
 from streamd.server.protocols.base import Adapter
 from streamd.server.wire import (
     END_REASONS,
@@ -67,13 +70,14 @@ class Session:
     """Serves one connection through its adapter; :meth:`run` returns when the connection is finished with."""
 
     def __init__(self, session_id: str, connection: ServerConnection, adapter: Adapter, runner: EngineRunner,
-                 model: ModelInfo, settings: ServeConfig) -> None:
+                 model: ModelInfo, settings: ServeConfig, metrics: Metrics) -> None:
         self.id = session_id
         self.connection = connection
         self.adapter = adapter
         self.runner = runner
         self.model = model
         self.settings = settings
+        self.metrics = metrics
         self.log = log.bind(session_id=self.id)
         self._writer: asyncio.Task[None] | None = None
         # Waiting for a client frame is interrupted by callbacks, not raced against each frame
@@ -100,6 +104,10 @@ class Session:
         self._samples_in = 0  # sample frames received, at the client's rate
         self._samples_pushed = 0  # samples handed to the engine, at the model's rate
         self._processed_seconds = 0.0  # audio the engine's encoder has consumed
+        # (samples pushed so far, when the frame that brought them arrived), for update latency
+        self._arrivals: deque[tuple[int, float]] = deque()
+        self._audio_counter: Counter | None = None  # the metrics' series of this session's chunk size
+        self._latency: Histogram | None = None
         self._utterances = 0
         self._audio_seconds = 0.0
         self._steps = 0
@@ -118,6 +126,7 @@ class Session:
         s = self.settings
         loop = asyncio.get_running_loop()
         self._arm_idle_timer(s.idle_timeout_s)
+        self.metrics.sessions_active.labels(self.adapter.name).inc()
         self._timers += [
             loop.call_later(s.config_timeout_s, self._check_started),
             loop.call_later(s.max_session_wall_s, self._interrupt, ProtocolError(
@@ -139,6 +148,8 @@ class Session:
                 self._writer.cancel()
             if self._stream_id is not None and not self._stream_done:
                 self.runner.close(self._stream_id)
+            self.metrics.sessions_active.labels(self.adapter.name).dec()
+            self.metrics.sessions_ended.labels(self.adapter.name, outcome).inc()
             self.log.info(
                 "session closed", protocol=self.adapter.name, outcome=outcome,
                 audio_seconds=round(self._samples_in / self.config.sample_rate, 3) if self.config else 0.0,
@@ -189,6 +200,8 @@ class Session:
         self._resampler = StreamResampler(config.sample_rate, self.model.sample_rate)
         options = StreamOptions(config.att_context_size, config.word_timestamps, config.endpointing)
         self._stream_id = await self.runner.open(options, self._updates)
+        self._audio_counter = self.metrics.audio_seconds.labels(str(config.chunk_ms))
+        self._latency = self.metrics.update_latency.labels(str(config.chunk_ms))
         await self._send_event(Started(config))
         self._writer = asyncio.create_task(self._forward_updates(), name=f"session-{self.id}-writer")
         self._writer.add_done_callback(self._writer_stopped)
@@ -213,6 +226,9 @@ class Session:
         resampled = self._resampler.process(samples)
         if len(resampled):
             self._samples_pushed += len(resampled)
+            self._arrivals.append((self._samples_pushed, time.monotonic()))
+            assert self._audio_counter is not None
+            self._audio_counter.inc(len(resampled) / self.model.sample_rate)
             self.runner.push(stream_id, resampled)
         if over:
             limit = self.settings.max_session_s
@@ -288,14 +304,23 @@ class Session:
         the client: TCP flow control then slows a client that sends faster than the engine
         consumes, and nothing is dropped. Every step that processes the stream reports progress."""
         limit = self.settings.max_backlog_s
-        if self._backlog_s() > limit:
+        if self.backlog_seconds() > limit:
             self._backlog_pauses += 1
-        while self._backlog_s() > limit:
+        while self.backlog_seconds() > limit:
             self._progress.clear()
             await self._interruptible(self._progress.wait(), "engine")
 
-    def _backlog_s(self) -> float:
+    def backlog_seconds(self) -> float:
+        """Audio received that the engine has not processed yet."""
         return self._samples_pushed / self.model.sample_rate - self._processed_seconds
+
+    def _arrival(self, audio_seconds: float) -> float:
+        """When the frame arrived that brought the stream to ``audio_seconds`` (what the engine
+        had when it made an update); earlier frames are forgotten (updates only move forward)."""
+        reached = round(audio_seconds * self.model.sample_rate)
+        while len(self._arrivals) > 1 and self._arrivals[0][0] < reached:
+            self._arrivals.popleft()
+        return self._arrivals[0][1] if self._arrivals else time.monotonic()
 
     def _check_started(self) -> None:
         if self.config is None:
@@ -346,6 +371,9 @@ class Session:
             self._audio_seconds = update.audio_seconds
             self._processed_seconds = update.processed_seconds
             self._progress.set()
+            arrived = self._arrival(update.audio_seconds)
+            if self._latency is not None and ((update.partial is not None and self.config.partials) or update.finals):
+                self._latency.observe(time.monotonic() - arrived)  # the update goes out now
             if update.partial is not None and self.config.partials:
                 await self._send_event(Partial(self._utterances, update.partial, update.partial_tokens,
                                                update.partial_probabilities, update.audio_seconds))
