@@ -8,9 +8,11 @@ audio spells.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from conftest import ROOT
+from conftest import ROOT, log_records
+from test_server import stream, tone_pcm
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -322,3 +325,59 @@ def test_sherpa_mistake_after_audio_gets_the_final_result_then_a_close(server: S
 def test_sherpa_bad_audio_closes_with_a_reason(server: ServerProcess, protocol_ports: dict[str, int], frame: bytes):
     _, code, reason = raw_session(protocol_ports["sherpa_port"], [frame])
     assert code == 4003 and reason.startswith("bad_audio: ")
+
+
+# ---------------------------------------------------------------------- every protocol at once
+def without_runs(rng: np.random.Generator, count: int) -> list[tones.ToneSequence]:
+    """``count`` sequences of 3-5 letters in which no letter follows itself (the tone model's one
+    known weakness is a run of one tone: not what this test is about)."""
+    said = []
+    for _ in range(count):
+        letters = [str(rng.choice(list(tones.LETTERS)))]
+        while len(letters) < int(rng.integers(3, 6)):
+            letters.append(str(rng.choice([x for x in tones.LETTERS if x != letters[-1]])))
+        said.append(tones.synthesize("".join(letters), rng))
+    return said
+
+
+def heard(protocol: str, result: dict[str, Any]) -> str:
+    """The transcript a client of ``protocol`` ended with, from its script's JSON."""
+    if protocol == "openai":
+        return " ".join(c["transcript"] for c in result["completed"])
+    if protocol == "deepgram":
+        finals = [m for m in result["messages"] if m.get("type") == "Results" and m["is_final"]]
+        return " ".join(t for m in finals if (t := m["channel"]["alternatives"][0]["transcript"]))
+    if protocol == "whisperlive":
+        return " ".join(segment["text"] for segment in result["transcript"])
+    if protocol == "vosk":
+        return " ".join(result_texts(result["exchanges"]))
+    return " ".join(r["text"] for r in result["results"] if r["is_final"] and r["text"])  # sherpa-onnx
+
+
+def test_eighteen_sessions_three_of_each_protocol_at_once_all_right(server: ServerProcess, compat_python: Path,
+                                                                    protocol_ports: dict[str, int], tmp_path: Path,
+                                                                    rng: np.random.Generator):
+    clients = {  # protocol -> (script, its arguments besides the WAV, the WAV's rate)
+        "openai": ("openai_realtime.py", [server.port], 24000),
+        "deepgram": ("deepgram_listen.py", [server.port], 16000),
+        "whisperlive": ("whisperlive_client.py", [protocol_ports["whisperlive_port"]], 16000),
+        "vosk": ("vosk_client.py", [protocol_ports["vosk_port"], "--speed", 2], 16000),
+        "sherpa": ("sherpa_onnx_client.py", [protocol_ports["sherpa_port"]], 16000),
+    }
+    said = without_runs(rng, 18)
+    jobs = [(protocol, said[3 * i + k]) for i, protocol in enumerate([*clients, "native"]) for k in range(3)]
+
+    def run(index: int, protocol: str, sequence: tones.ToneSequence) -> str:
+        if protocol == "native":
+            return asyncio.run(stream(server.url, tone_pcm(sequence), 560)).text
+        script, arguments, rate = clients[protocol]
+        wav = tone_wav(tmp_path / f"{index}.wav", [sequence], rate)
+        port, *options = arguments
+        return heard(protocol, run_client(compat_python, script, port, wav, *options))
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        transcripts = list(pool.map(run, range(len(jobs)), *zip(*jobs)))
+    assert transcripts == [sequence.text for _, sequence in jobs]
+    server.wait_idle()
+    closed = [r for r in log_records(server.log_tail(10_000_000)) if r["event"] == "session closed"]
+    assert {p: sum(r["protocol"] == p for r in closed[-18:]) for p, _ in jobs} == dict.fromkeys(dict(jobs), 3)

@@ -24,6 +24,7 @@ from streamd.server.wire import (
     Audio,
     Connection,
     End,
+    EndStream,
     ErrorCode,
     Final,
     Finalize,
@@ -100,14 +101,15 @@ def test_openai_deltas_concatenate_to_the_completed_transcript():
     assert len({f["item_id"] for f in frames if "item_id" in f}) == 1
 
 
-def test_openai_commit_finalizes_and_acknowledges_once():
+def test_openai_commit_ends_the_stream_and_acknowledges_once():
     adapter = OpenAIRealtimeAdapter(connection("/v1/realtime"), MODEL)
     adapter.opening()
     adapter.receive(append(b"\x00\x00" * 100))
     actions = adapter.receive(json.dumps({"type": "input_audio_buffer.commit"}))
-    assert isinstance(actions[0], Finalize)
+    # Acknowledged, then the stream ends: every appended sample is decoded into the item.
+    assert isinstance(actions[-1], EndStream)
     assert [f["type"] for f in sent(actions)] == ["input_audio_buffer.committed", "conversation.item.added"]
-    frames = [json.loads(f) for f in adapter.event(Final(utterance(0, "a b", "finalize"), "finalize", 2.0))]
+    frames = [json.loads(f) for f in adapter.event(Final(utterance(0, "a b", "eof"), "eof", 2.0))]
     assert "input_audio_buffer.committed" not in [f["type"] for f in frames]  # acknowledged at the commit
     assert next(f for f in frames if f["type"].endswith("completed"))["transcript"] == "a b"
 

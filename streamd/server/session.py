@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import time
 from collections import deque
@@ -28,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from streamd.audio import AudioError, PcmFormat, StreamResampler
 from streamd.config import ServeConfig
 from streamd.engine.runner import Delivery, EngineRunner
-from streamd.engine.stream import StreamOptions
+from streamd.engine.stream import StreamOptions, Utterance
 from streamd.engine.worker import EngineFailure
 from streamd.log import get_logger
 from streamd.server.metrics import Metrics
@@ -38,6 +39,7 @@ from streamd.server.wire import (
     Action,
     Audio,
     End,
+    EndStream,
     ErrorCode,
     Event,
     Final,
@@ -110,6 +112,10 @@ class Session:
         self._latency: Histogram | None = None
         self._utterances = 0
         self._audio_seconds = 0.0
+        # Streams the session ended before its current one (EndStream): what they counted.
+        self._utterance_base = 0
+        self._stream_base_s = 0.0
+        self._stream_ending = False  # the current stream is being ended by EndStream
         self._steps = 0
         self._step_seconds = 0.0
 
@@ -187,6 +193,8 @@ class Session:
                 await self._start(action.config)
             elif isinstance(action, Finalize):
                 self.runner.finalize(self._open_stream())
+            elif isinstance(action, EndStream):
+                await self._finish_stream()
             elif isinstance(action, End):
                 self._audio_ended = True
 
@@ -196,6 +204,8 @@ class Session:
             raise RuntimeError(f"{self.adapter.name} adapter started a second stream")
         self.config = config
         self.log.info("session config", **config.to_dict())
+        self._samples_pushed, self._processed_seconds, self._stream_ending = 0, 0.0, False
+        self._arrivals.clear()
         self._format = config.pcm_format
         self._resampler = StreamResampler(config.sample_rate, self.model.sample_rate)
         options = StreamOptions(config.att_context_size, config.word_timestamps, config.endpointing)
@@ -205,6 +215,18 @@ class Session:
         await self._send_event(Started(config))
         self._writer = asyncio.create_task(self._forward_updates(), name=f"session-{self.id}-writer")
         self._writer.add_done_callback(self._writer_stopped)
+
+    async def _finish_stream(self) -> None:
+        """End the stream and wait for its last final; later streams count on from it."""
+        if self._stream_id is None:
+            return
+        self._stream_ending = True  # its writer's end is not the session's
+        self._end_stream()
+        assert self._writer is not None
+        await self._writer
+        self._stream_id, self._writer = None, None
+        self._utterance_base = self._utterances
+        self._stream_base_s += self._samples_pushed / self.model.sample_rate
 
     def _open_stream(self) -> int:
         if self._stream_id is None:
@@ -310,6 +332,18 @@ class Session:
             self._progress.clear()
             await self._interruptible(self._progress.wait(), "engine")
 
+    def _in_session(self, utterance: Utterance) -> Utterance:
+        """A stream's utterance as the session counts it: numbered and timed from the session's
+        start (after an adapter ended a stream and started another)."""
+        base = self._stream_base_s
+        if not self._utterance_base and not base:
+            return utterance
+        return dataclasses.replace(
+            utterance, index=self._utterance_base + utterance.index, start=round(utterance.start + base, 3),
+            end=round(utterance.end + base, 3),
+            words=[dataclasses.replace(w, start=round(w.start + base, 3), end=round(w.end + base, 3))
+                   for w in utterance.words])
+
     def backlog_seconds(self) -> float:
         """Audio received that the engine has not processed yet."""
         return self._samples_pushed / self.model.sample_rate - self._processed_seconds
@@ -335,7 +369,7 @@ class Session:
                 self._task.cancel()
 
     def _writer_stopped(self, writer: asyncio.Task[None]) -> None:
-        if not writer.cancelled():
+        if not writer.cancelled() and not (self._stream_ending and writer.exception() is None):
             # After the last final this interrupts nothing: no frame is read after the end.
             self._interrupt(writer.exception() or RuntimeError("update writer stopped before the stream ended"))
 
@@ -368,7 +402,7 @@ class Session:
             update = delivery.update
             self._steps += 1
             self._step_seconds += delivery.step_seconds
-            self._audio_seconds = update.audio_seconds
+            self._audio_seconds = self._stream_base_s + update.audio_seconds
             self._processed_seconds = update.processed_seconds
             self._progress.set()
             arrived = self._arrival(update.audio_seconds)
@@ -376,11 +410,12 @@ class Session:
                 self._latency.observe(time.monotonic() - arrived)  # the update goes out now
             if update.partial is not None and self.config.partials:
                 await self._send_event(Partial(self._utterances, update.partial, update.partial_tokens,
-                                               update.partial_probabilities, update.audio_seconds))
+                                               update.partial_probabilities, self._audio_seconds))
             for utterance in update.finals:
                 last = update.finished and utterance is update.finals[-1]
-                reason = self._end_reason if last else utterance.reason
-                await self._send_event(Final(utterance, reason, update.audio_seconds))
-                self._utterances = utterance.index + 1
+                reason = self._end_reason if last and not self._stream_ending else utterance.reason
+                in_session = self._in_session(utterance)
+                await self._send_event(Final(in_session, reason, self._audio_seconds))
+                self._utterances = in_session.index + 1
             if update.finished:
                 return

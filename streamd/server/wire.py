@@ -211,11 +211,17 @@ class Finalize:
 
 
 @dataclass(frozen=True)
+class EndStream:
+    """This stream's audio is complete: all of it is decoded and its last final sent before the
+    session reads on; a later ``Start`` opens the next stream (OpenAI's commit: one item each)."""
+
+
+@dataclass(frozen=True)
 class End:
     """No more audio: the last final, then the adapter's closing frames, then close."""
 
 
-Action = Send | Start | Audio | Finalize | End
+Action = Send | Start | Audio | Finalize | EndStream | End
 
 
 # ---------------------------------------------------------------------- core -> adapter

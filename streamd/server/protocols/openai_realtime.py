@@ -6,8 +6,10 @@ the shape the client uses. Audio is base64 PCM16 (24 kHz unless the session says
 resampled on the server. Each utterance is one conversation item: its text streams as
 ``...transcription.delta`` events from the engine's partials, and ``...transcription.completed``
 carries the whole transcript, which the deltas always concatenate to exactly. An item ends at
-``input_audio_buffer.commit`` or, with ``server_vad`` turn detection (the default), at the
-engine's endpoint, announced by ``speech_started`` / ``speech_stopped`` / ``committed``.
+``input_audio_buffer.commit`` (the stream ends there: every appended sample is decoded into the
+item, and the next append starts a fresh stream, as OpenAI transcribes each committed buffer on
+its own) or, with ``server_vad`` turn detection (the default), at the engine's endpoint,
+announced by ``speech_started`` / ``speech_stopped`` / ``committed``.
 
 Like OpenAI's server, a client's mistake (unknown event, bad JSON, bad base64) is answered with an
 ``error`` event and the session goes on; only the server's limits end it. What OpenAI offers and
@@ -30,10 +32,10 @@ from streamd.server.wire import (
     Audio,
     Closing,
     Connection,
+    EndStream,
     ErrorCode,
     Event,
     Final,
-    Finalize,
     ModelInfo,
     Partial,
     ProtocolError,
@@ -65,7 +67,6 @@ class OpenAIRealtimeAdapter(Adapter):
         self._chunk = self.chunk_from_query()
         self._started = False
         self._uncommitted_audio = False  # audio appended since the last commit
-        self._committing = 0  # utterances ended by commit or clear whose final has not come yet
         self._items: dict[int, str] = {}  # utterance -> item id
         self._sent: dict[int, str] = {}  # utterance -> text sent as deltas so far
         self._speaking: set[int] = set()  # utterances whose speech_started went out
@@ -157,18 +158,17 @@ class OpenAIRealtimeAdapter(Adapter):
             raise _ClientMistake("input_audio_buffer_commit_empty", "the input audio buffer holds no audio "
                                  "since the last commit")
         self._uncommitted_audio = False
-        utterance = self._next_utterance + self._committing
-        self._committing += 1
-        return [Finalize(), *[Send(frame) for frame in self._committed_item(self._item(utterance))]]
+        self._started = False  # the next append starts the next item's stream
+        return [*[Send(frame) for frame in self._committed_item(self._item(self._next_utterance))], EndStream()]
 
     def _clear(self) -> list[Action]:
         actions: list[Action] = [Send(self._event("input_audio_buffer.cleared"))]
         if self._uncommitted_audio:
-            # The engine has heard the audio already: end its utterance and drop the transcript.
+            # The engine has heard the audio already: end its stream and drop the transcript.
             self._uncommitted_audio = False
-            self._cleared.add(self._next_utterance + self._committing)
-            self._committing += 1
-            actions.insert(0, Finalize())
+            self._started = False
+            self._cleared.add(self._next_utterance)
+            actions.append(EndStream())
         return actions
 
     # ------------------------------------------------------------------ core -> client
@@ -192,15 +192,13 @@ class OpenAIRealtimeAdapter(Adapter):
         utterance = event.utterance
         index = utterance.index
         self._next_utterance = index + 1
-        if event.reason == "finalize" and self._committing:
-            self._committing -= 1
         if index in self._cleared:
             return []
         if not utterance.text and index not in self._items:
             return []  # nothing was said and nothing was committed: no item
         item = self._item(index)
         frames: list[str | bytes] = self._delta(index, utterance.text)
-        if index in self._speaking and event.reason != "finalize":  # the engine ended it
+        if index in self._speaking and event.reason == "endpoint":  # the engine heard the speech end
             frames.append(self._event("input_audio_buffer.speech_stopped", item_id=item,
                                       audio_end_ms=round(1000 * utterance.end)))
         frames += self._committed_item(item)
