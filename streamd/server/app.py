@@ -49,6 +49,7 @@ from streamd.server.protocols.sherpa import SherpaAdapter
 from streamd.server.protocols.vosk import VoskAdapter
 from streamd.server.protocols.whisperlive import WhisperLiveAdapter
 from streamd.server.session import Session
+from streamd.server.webpage import page_response
 from streamd.server.wire import Connection, ErrorCode, ModelInfo, ProtocolError
 
 log = get_logger(__name__)
@@ -269,14 +270,16 @@ class Server:
             return _json(connection, HTTPStatus.OK, dump({"status": "ok"}))
         status = self._readiness()
         body = dump({"status": status, "sessions": self._open_connections(),
-                     "max_sessions": self.settings.max_sessions})
+                     "max_sessions": self.settings.max_sessions, "token_required": self.access.requires_token})
         unavailable = HTTPStatus.SERVICE_UNAVAILABLE
         if path == "/readyz":
             return _json(connection, HTTPStatus.OK if status == "ready" else unavailable, body)
         if path == "/metrics":
             return self._metrics(connection, request)
         if request.headers.get("Upgrade", "").lower() != "websocket":
-            return None  # not an upgrade: websockets answers 426
+            # The browser page on the main port (it speaks the native protocol); any other request
+            # that is not an upgrade: None, and websockets answers 426.
+            return page_response(connection, request) if listener.name == "main" else None
         if not self.access.origin_allowed(request.headers, "https" if self.settings.tls_cert else "http"):
             return self._refuse(connection, HTTPStatus.FORBIDDEN, "forbidden",
                                 f"origin {request.headers.get('Origin')!r} is not allowed (allowed_origins)")
