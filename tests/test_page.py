@@ -318,8 +318,12 @@ def test_a_chosen_and_a_dropped_file_are_streamed_in_real_time(idle_server: Serv
                                                                browser: webdriver.Chrome, tmp_path: Path):
     chosen = tone_wav(tmp_path / "chosen.wav", "hedge", seed=1, trailing_s=0.3)
     dropped = tone_wav(tmp_path / "dropped.wav", "bad", seed=2, trailing_s=0.3)
+    dropped_wav = base64.b64encode((tmp_path / "dropped.wav").read_bytes()).decode()
     browser.get(page_url(idle_server, chunk_ms=560, token=TOKEN))
-    # A person has clicked on the page before a file plays: browsers start audio only after a click.
+    # Browsers start audio only after a click on the page (a drop is none): the page says so.
+    browser.execute_script(DROP_FILE, dropped_wav, "dropped.wav")
+    alert = wait(browser, lambda: text(browser, "alert-text"), "the autoplay rule's message")
+    assert alert.startswith("The browser starts audio only after a click on the page: click anywhere")
     browser.find_element(By.ID, "transcript-title").click()
     browser.find_element(By.ID, "file").send_keys(str(tmp_path / "chosen.wav"))
     wait(browser, lambda: text(browser, "status").startswith("Streaming"), "streaming the chosen file")
@@ -327,8 +331,7 @@ def test_a_chosen_and_a_dropped_file_are_streamed_in_real_time(idle_server: Serv
     assert finals(browser) == [chosen.text]
 
     idle_server.wait_idle()
-    browser.execute_script(DROP_FILE, base64.b64encode((tmp_path / "dropped.wav").read_bytes()).decode(),
-                           "dropped.wav")
+    browser.execute_script(DROP_FILE, dropped_wav, "dropped.wav")
     wait(browser, lambda: text(browser, "status").startswith("Streaming"), "streaming the dropped file")
     wait(browser, lambda: text(browser, "status") == "Finished", "the file's end")
     assert finals(browser) == [chosen.text, dropped.text]

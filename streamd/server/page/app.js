@@ -78,6 +78,15 @@ function hideAlert() {
   ui.alert.hidden = true;
 }
 
+function startError(kind, error) {
+  if (error.name === "AutoplayError") {
+    return kind === "microphone"
+      ? "The browser starts audio only after a click on the page: press Start microphone."
+      : "The browser starts audio only after a click on the page: click anywhere on it, then choose or drop the file again.";
+  }
+  return kind === "microphone" ? microphoneError(error) : `This file cannot be played: ${error.message || error.name}.`;
+}
+
 function microphoneError(error) {
   switch (error.name) {
     case "NotAllowedError":
@@ -244,9 +253,7 @@ async function start(kind, makeSource) {
     source?.stop();
     source = null;
     setState("idle", "Not connected");
-    showAlert(kind === "microphone"
-      ? microphoneError(error)
-      : `This file cannot be played: ${error.message || error.name}.`, false);
+    showAlert(startError(kind, error), false);
     return;
   }
   if (kind === "microphone") {

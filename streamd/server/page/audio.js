@@ -17,8 +17,7 @@ export async function audioContext() {
     // resume() then never settles: give it a moment, then say what to do.
     await Promise.race([context.resume(), new Promise((resolve) => setTimeout(resolve, 1000))]);
     if (context.state === "suspended") {
-      throw new DOMException("the browser starts audio only after a click on the page: press Start",
-        "AutoplayError");
+      throw new DOMException("audio before a click on the page", "AutoplayError");
     }
   }
   return context;
