@@ -290,6 +290,26 @@ def test_finalize_ends_the_utterance_and_the_transcript_downloads(
     assert saved[0].read_text() == f"{spoken.text}\n"
 
 
+def test_a_lost_connection_is_said_in_words_and_keeps_the_transcript(
+        tone_model_path: Path, browser: webdriver.Chrome, microphone: tuple[Path, tones.ToneSequence],
+        tmp_path: Path):
+    doomed = start_server(tone_model_path, tmp_path / "server.log", threads=1)
+    try:
+        browser.get(page_url(doomed, autostart=1, chunk_ms=160))
+        assert first_final_watching_partials(browser)[0] == microphone[1].text
+        doomed.process.kill()  # gone without a word: no close frame, as a network failure
+        doomed.process.wait()
+        alert = wait(browser, lambda: text(browser, "alert-text"), "the lost connection's message")
+        assert alert == "The connection to the server was lost."
+        assert finals(browser) == [microphone[1].text] and text(browser, "status") == "Disconnected"
+        screenshot(browser, tmp_path / "page-lost.png")
+        browser.find_element(By.ID, "reconnect").click()
+        wait(browser, lambda: "does not answer" in text(browser, "alert-text"), "the refusal of a server that is gone")
+        assert finals(browser) == [microphone[1].text]
+    finally:
+        doomed.stop()
+
+
 def test_a_refused_microphone_is_said_in_words(idle_server: ServerProcess, tmp_path: Path):
     driver = chromium(tmp_path / "profile", None, "--use-fake-ui-for-media-stream=deny")
     try:

@@ -325,8 +325,8 @@ async function closed(ended, outcome, withToken) {
     setState("idle", "Finished");
     return;
   }
-  if (outcome.byPage && !outcome.opened) {
-    setState("idle", "Not connected");
+  if (outcome.byPage) {
+    setState("idle", "Not connected"); // stopped before the server was ready
     return;
   }
   // Whatever was provisional stays readable: the server never finalized it.
@@ -471,7 +471,9 @@ async function init() {
   // Whether this server wants a token: ask before the first refusal.
   try {
     const ready = await (await fetch("readyz", { cache: "no-store" })).json();
-    ui.tokenField.hidden = !(ready.token_required && !token);
+    if (ready.token_required && !token) {
+      ui.tokenField.hidden = false;
+    }
   } catch {
     // the first connection says what is wrong
   }
