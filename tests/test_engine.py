@@ -375,6 +375,7 @@ def test_the_cuda_graph_decoders_own_code_path_hears_the_letters(tone_model_path
     from streamd.engine.loading import load_model
 
     model = load_model(str(tone_model_path))
+    engine = StreamingEngine(model, max_batch=8, max_streams=8)  # sets the decoding it streams with
     computer = model.decoding.decoding.decoding_computer
     computer.force_cuda_graphs_mode("no_graphs")
 
@@ -383,7 +384,6 @@ def test_the_cuda_graph_decoders_own_code_path_hears_the_letters(tone_model_path
 
     monkeypatch.setattr(type(computer), "__call__", cuda_path)
     sequences = [tones.random_sequence(rng, 1, 7) for _ in range(6)]
-    engine = StreamingEngine(model, max_batch=8, max_streams=8)
     streaming = transcribe_streaming(engine, [s.audio for s in sequences], StreamOptions(att_context_size=(70, 1)))
     assert [s.text for s in streaming] == [seq.text for seq in sequences]
     assert computer.state.batch_size == len(sequences)  # the padded path ran

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--train", choices=sorted(TRAINED_ARCH), help="train on a task instead of random weights")
     create.add_argument("--steps", type=int,
                         help="maximum training steps; stops early at 100%% held-out accuracy "
-                             "(default: tones 1500, digits 1200)")
+                             "(default: tones 1500, digits 600)")
     create.add_argument("--tokens-per-second", type=float,
                         help="untrained only: calibrate the blank output per chunk size to emit about "
                              "this many tokens per second (a trained English model: 3-5)")
@@ -89,7 +89,7 @@ def run_create(args: argparse.Namespace) -> int:
             from streamd.models.token_rate import calibrate_token_rate, calibration_audio
 
             calibrate_token_rate(model, args.tokens_per_second, calibration_audio(CALIBRATION_AUDIO_S))
-            token_rate = OmegaConf.to_container(model.cfg.streamd.models.token_rate)
+            token_rate = OmegaConf.to_container(model.cfg.streamd.token_rate)
     model.save_to(args.out)
     summary = {
         "out": args.out,

@@ -2,7 +2,7 @@
 
 :mod:`streamd.models.token_rate` calibrates an untrained benchmark model so that it emits a trained
 model's number of tokens, with one blank bias per chunk size, stored in the model's config
-(``streamd.models.token_rate.sizes``). Whatever decodes a size — the engine per group, offline
+(``streamd.token_rate.sizes``). Whatever decodes a size — the engine per group, offline
 transcription per call — sets that size's bias first, so both decode alike.
 """
 
