@@ -48,6 +48,7 @@ from streamd.server.protocols.openai_realtime import OpenAIRealtimeAdapter
 from streamd.server.protocols.sherpa import SherpaAdapter
 from streamd.server.protocols.vosk import VoskAdapter
 from streamd.server.protocols.whisperlive import WhisperLiveAdapter
+from streamd.server.responses import respond, respond_json
 from streamd.server.session import Session
 from streamd.server.webpage import page_response
 from streamd.server.wire import Connection, ErrorCode, ModelInfo, ProtocolError
@@ -267,13 +268,13 @@ class Server:
                          ) -> Response | None:
         path = urlsplit(request.path).path
         if path == "/healthz":
-            return _json(connection, HTTPStatus.OK, dump({"status": "ok"}))
+            return respond_json(connection, HTTPStatus.OK, dump({"status": "ok"}))
         status = self._readiness()
         body = dump({"status": status, "sessions": self._open_connections(),
                      "max_sessions": self.settings.max_sessions, "token_required": self.access.requires_token})
         unavailable = HTTPStatus.SERVICE_UNAVAILABLE
         if path == "/readyz":
-            return _json(connection, HTTPStatus.OK if status == "ready" else unavailable, body)
+            return respond_json(connection, HTTPStatus.OK if status == "ready" else unavailable, body)
         if path == "/metrics":
             return self._metrics(connection, request)
         if request.headers.get("Upgrade", "").lower() != "websocket":
@@ -295,7 +296,7 @@ class Server:
             return None  # upgraded, not admitted: _handle refuses in the protocol's own words
         if status != "ready":
             self.metrics.refused.labels(status).inc()
-            response = _json(connection, unavailable, body)
+            response = respond_json(connection, unavailable, body)
             response.headers["Retry-After"] = str(RETRY_AFTER_S)
             return response
         self._admitted.add(connection)
@@ -309,7 +310,7 @@ class Server:
         """An upgrade refused before the handshake; logged, since no session will be."""
         log.info("connection refused", reason=reason, peer=str(connection.remote_address), message=message)
         self.metrics.refused.labels(reason).inc()
-        return _json(connection, status, dump({"status": reason, "message": message}))
+        return respond_json(connection, status, dump({"status": reason, "message": message}))
 
     def _unauthorized(self, connection: ServerConnection) -> Response:
         response = self._refuse(connection, HTTPStatus.UNAUTHORIZED, "unauthorized",
@@ -321,12 +322,7 @@ class Server:
         """``GET /metrics``: the Prometheus text format, behind the sessions' tokens."""
         if not self.access.authorized(request.path, request.headers):
             return self._unauthorized(connection)
-        response = connection.respond(HTTPStatus.OK, "")
-        response.body = self.metrics.exposition()
-        for name, value in (("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(response.body)))):
-            del response.headers[name]  # respond() set them for its text body
-            response.headers[name] = value
-        return response
+        return respond(connection, HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE)
 
     def _serve_metrics(self, host: str, port: int) -> Callable[[], None]:
         """``/metrics`` on a port of its own (prometheus_client's HTTP server, on a thread of its
@@ -378,13 +374,6 @@ def _listen_backlog(max_sessions: int) -> int:
     burst of clients (each then retries after a second or more), so allow one per session
     (the kernel caps it at net.core.somaxconn)."""
     return max(100, max_sessions)
-
-
-def _json(connection: ServerConnection, status: HTTPStatus, body: str) -> Response:
-    response = connection.respond(status, body)
-    del response.headers["Content-Type"]
-    response.headers["Content-Type"] = "application/json"
-    return response
 
 
 async def run_server(settings: ServeConfig) -> int:

@@ -90,7 +90,8 @@ class Session:
         self._interruption: BaseException | None = None
         self._waiting: str | None = None  # what the task awaits: "client" (a frame) or "engine" (backlog)
         self._wait_started = 0.0
-        self._timers: list[asyncio.TimerHandle] = []  # idle check, config deadline, wall-clock limit
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._deadlines: list[asyncio.TimerHandle] = []  # the config deadline, the wall-clock limit
         self._progress = asyncio.Event()  # the engine reported this stream's progress
         self._slow_reader = False
         self._slow_close: asyncio.Future[None] | None = None
@@ -133,7 +134,7 @@ class Session:
         loop = asyncio.get_running_loop()
         self._arm_idle_timer(s.idle_timeout_s)
         self.metrics.sessions_active.labels(self.adapter.name).inc()
-        self._timers += [
+        self._deadlines = [
             loop.call_later(s.config_timeout_s, self._check_started),
             loop.call_later(s.max_session_wall_s, self._interrupt, ProtocolError(
                 ErrorCode.MAX_SESSION, f"the session lasted max_session_wall_s={s.max_session_wall_s:g} s")),
@@ -148,8 +149,9 @@ class Session:
             with contextlib.suppress(ConnectionClosed):
                 await self._close(ProtocolError(ErrorCode.INTERNAL_ERROR, "internal server error"))
         finally:
-            for timer in self._timers:
-                timer.cancel()
+            for timer in [self._idle_timer, *self._deadlines]:
+                if timer is not None:
+                    timer.cancel()
             if self._writer is not None:
                 self._writer.cancel()
             if self._stream_id is not None and not self._stream_done:
@@ -374,8 +376,7 @@ class Session:
             self._interrupt(writer.exception() or RuntimeError("update writer stopped before the stream ended"))
 
     def _arm_idle_timer(self, delay: float) -> None:
-        self._timers = [t for t in self._timers if not t.cancelled()]
-        self._timers.append(asyncio.get_running_loop().call_later(delay, self._check_idle))
+        self._idle_timer = asyncio.get_running_loop().call_later(delay, self._check_idle)
 
     def _check_idle(self) -> None:
         """Interrupt a wait for a client frame that has lasted ``idle_timeout_s``, else check again

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
+from streamd.server.responses import respond
+
 PAGE_PREFIX = "/page/"
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -81,9 +83,7 @@ def page_response(connection: ServerConnection, request: Request) -> Response | 
         response = connection.respond(HTTPStatus.NOT_MODIFIED, "")
         del response.headers["Content-Type"], response.headers["Content-Length"]
     else:
-        response = connection.respond(HTTPStatus.OK, found.text)
-        del response.headers["Content-Type"]
-        response.headers["Content-Type"] = found.content_type
+        response = respond(connection, HTTPStatus.OK, found.text, found.content_type)
     response.headers["ETag"] = found.etag
     for header, value in SECURITY_HEADERS.items():
         response.headers[header] = value
