@@ -12,6 +12,7 @@ import numpy as np
 from streamd.engine.decoding import Word
 from streamd.engine.engine_process import MIN_AUDIO_BUFFER_BYTES, AudioIn, AudioOut
 from streamd.engine.stream import StreamUpdate, Utterance
+from streamd.engine.worker import StreamCommand
 
 
 def test_pushed_samples_arrive_intact_across_calls_and_buffer_growth():
@@ -22,18 +23,19 @@ def test_pushed_samples_arrive_intact_across_calls_and_buffer_growth():
     grew = []
     for lengths in calls:
         frames = [rng.standard_normal(n).astype(np.float32) for n in lengths]
-        commands = [("push_audio", i, (frame,)) for i, frame in enumerate(frames)]
-        commands.insert(1, ("end_stream", 99, ()))  # other commands pass through, in order
+        commands = [(StreamCommand.PUSH_AUDIO, i, (frame,)) for i, frame in enumerate(frames)]
+        commands.insert(1, (StreamCommand.END, 99, ()))  # other commands pass through, in order
         packed, new_fd = out.pack(commands)
         grew.append(new_fd is not None)
         if new_fd is not None:
             into.attach(os.dup(new_fd))
             os.close(new_fd)
-        assert all(isinstance(arg, int) for method, _, args in packed if method == "push_audio" for arg in args)
+        assert all(isinstance(arg, int) for command, _, args in packed if command is StreamCommand.PUSH_AUDIO
+                   for arg in args)
         received = into.unpack(packed)
-        assert [(method, stream_id) for method, stream_id, _ in received] == [(m, s) for m, s, _ in commands]
-        for (method, _, args), (_, _, sent) in zip(received, commands, strict=True):
-            if method == "push_audio":
+        assert [(command, stream_id) for command, stream_id, _ in received] == [(c, s) for c, s, _ in commands]
+        for (command, _, args), (_, _, sent) in zip(received, commands, strict=True):
+            if command is StreamCommand.PUSH_AUDIO:
                 np.testing.assert_array_equal(args[0], sent[0])
             else:
                 assert args == sent

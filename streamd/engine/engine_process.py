@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from streamd.engine.worker import COMMAND_CALLS, Command, EngineFailure, EngineWorker
+from streamd.engine.worker import COMMAND_CALLS, Command, EngineFailure, EngineWorker, StreamCommand, WorkerCall
 from streamd.log import configure_logging, get_logger, logging_settings
 
 log = get_logger(__name__)
@@ -64,7 +64,7 @@ class AudioOut:
         ``offset`` and ``count``: plain ints, which pickle several times faster than any object),
         and the fd of a new, larger buffer when this call did not fit the old one (the caller
         sends it, then closes it)."""
-        needed = sum(args[0].nbytes for method, _, args in commands if method == "push_audio")
+        needed = sum(args[0].nbytes for command, _, args in commands if command is StreamCommand.PUSH_AUDIO)
         new_fd = self._grow(needed) if needed > self._bytes else None
         if not needed:
             return commands, new_fd
@@ -72,13 +72,13 @@ class AudioOut:
         floats = np.frombuffer(self._buffer, np.float32)
         packed: list[Command] = []
         offset = 0
-        for method, stream_id, args in commands:
-            if method == "push_audio":
+        for command, stream_id, args in commands:
+            if command is StreamCommand.PUSH_AUDIO:
                 samples = args[0]
                 floats[offset : offset + len(samples)] = samples
                 args = (offset, len(samples))
                 offset += len(samples)
-            packed.append((method, stream_id, args))
+            packed.append((command, stream_id, args))
         return packed, new_fd
 
     def _grow(self, needed: int) -> int:
@@ -104,10 +104,11 @@ class AudioIn:
     def unpack(self, commands: list[Command]) -> list[Command]:
         """``commands`` with each push's samples as a view of the buffer (the engine copies what
         it keeps, before the next call can overwrite them)."""
-        assert self._buffer is not None or not any(method == "push_audio" for method, _, _ in commands)
-        return [(method, stream_id, (np.frombuffer(self._buffer, np.float32, args[1], 4 * args[0]),))
-                if method == "push_audio" else (method, stream_id, args)
-                for method, stream_id, args in commands]
+        pushes = StreamCommand.PUSH_AUDIO
+        assert self._buffer is not None or not any(command is pushes for command, _, _ in commands)
+        return [(command, stream_id, (np.frombuffer(self._buffer, np.float32, args[1], 4 * args[0]),))
+                if command is pushes else (command, stream_id, args)
+                for command, stream_id, args in commands]
 
 
 class ProcessWorker:
@@ -139,11 +140,11 @@ class ProcessWorker:
         loop.add_reader(sentinel, exited)
         self._unwatch = lambda: loop.remove_reader(sentinel)
 
-    async def call(self, method: str, *args: Any) -> Any:
+    async def call(self, method: WorkerCall, *args: Any) -> Any:
         """``EngineWorker.method(*args)`` in the child; raises what it raised there."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._round_trip, method, args)
 
-    def _round_trip(self, method: str, args: tuple[Any, ...]) -> Any:
+    def _round_trip(self, method: WorkerCall, args: tuple[Any, ...]) -> Any:
         new_buffer = None
         if method in COMMAND_CALLS:
             *rest, commands = args
@@ -214,7 +215,7 @@ def serve_worker(conn: Connection, log_level: str, log_format: str) -> None:
             *rest, commands = args
             args = (*rest, audio.unpack(commands))
         try:
-            reply: tuple[str, Any] = ("ok", getattr(worker, method)(*args))
+            reply: tuple[str, Any] = ("ok", getattr(worker, method.value)(*args))
         except Exception as exc:
             reply = ("error", exc)
         try:

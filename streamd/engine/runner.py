@@ -24,7 +24,16 @@ import numpy as np
 from streamd.engine.engine import StreamingEngine
 from streamd.engine.engine_process import EngineProcessDied, ProcessWorker
 from streamd.engine.stream import StreamOptions, StreamUpdate
-from streamd.engine.worker import Command, Cycle, EngineFacts, EngineFailure, EngineWorker, freeze_long_lived_objects
+from streamd.engine.worker import (
+    Command,
+    Cycle,
+    EngineFacts,
+    EngineFailure,
+    EngineWorker,
+    StreamCommand,
+    WorkerCall,
+    freeze_long_lived_objects,
+)
 from streamd.log import get_logger
 
 log = get_logger(__name__)
@@ -44,7 +53,7 @@ Sink = asyncio.Queue[Delivery | EngineFailure]
 class Worker(Protocol):
     """Where the :class:`EngineWorker` runs: calls by method name, one at a time, in order."""
 
-    async def call(self, method: str, *args: Any) -> Any: ...
+    async def call(self, method: WorkerCall, *args: Any) -> Any: ...
 
     def on_exit(self, callback: Callable[[], None]) -> None: ...
 
@@ -58,8 +67,9 @@ class ThreadWorker:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="streamd-engine")
         self._worker = EngineWorker()
 
-    async def call(self, method: str, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, getattr(self._worker, method), *args)
+    async def call(self, method: WorkerCall, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, getattr(self._worker, method.value),
+                                                                *args)
 
     def on_exit(self, callback: Callable[[], None]) -> None:
         """Nothing to watch: a thread does not end on its own (a failure surfaces in a call)."""
@@ -108,7 +118,7 @@ class EngineRunner:
         self._on_fault = on_fault
         self._on_step = on_step
         self._worker = ProcessWorker() if engine_process else ThreadWorker()
-        facts: EngineFacts = await self._worker.call("start", build, warmup_batch, load_log_interval_s)
+        facts: EngineFacts = await self._worker.call(WorkerCall.START, build, warmup_batch, load_log_interval_s)
         if engine_process:  # this process's own objects; a worker thread has frozen them already
             freeze_long_lived_objects()
         self._worker.on_exit(self._wake.set)  # the pump's next call then reports the engine gone
@@ -131,37 +141,37 @@ class EngineRunner:
         :class:`EngineFailure` once the device has failed."""
         if self._worker is None:
             raise RuntimeError("engine not started")
-        stream_id: int = await self._worker.call("open", options, self._take_inbox())
+        stream_id: int = await self._worker.call(WorkerCall.OPEN, options, self._take_inbox())
         self._sinks[stream_id] = sink
         return stream_id
 
-    def _submit(self, method: str, stream_id: int, *args: Any) -> None:
-        self._inbox.append((method, stream_id, args))
+    def _submit(self, command: StreamCommand, stream_id: int, *args: Any) -> None:
+        self._inbox.append((command, stream_id, args))
         self._wake.set()
 
     def _take_inbox(self) -> list[Command]:
         """The queued commands, less those for streams already gone (failed, or finished): a
         session sends on until it has read its failure, and the engine would refuse each as a
         command for no open stream."""
-        commands = [c for c in self._inbox if c[1] in self._sinks or c[0] == "close_stream"]
+        commands = [c for c in self._inbox if c[1] in self._sinks or c[0] is StreamCommand.CLOSE]
         self._inbox = []
         return commands
 
     def push(self, stream_id: int, samples: np.ndarray) -> None:
         """Queue float32 mono audio at the engine's rate (already validated by the session)."""
-        self._submit("push_audio", stream_id, samples)
+        self._submit(StreamCommand.PUSH_AUDIO, stream_id, samples)
 
     def end(self, stream_id: int) -> None:
         """No more audio: the last update (``finished``) arrives on the sink after its final."""
-        self._submit("end_stream", stream_id)
+        self._submit(StreamCommand.END, stream_id)
 
     def finalize(self, stream_id: int) -> None:
-        self._submit("finalize", stream_id)
+        self._submit(StreamCommand.FINALIZE, stream_id)
 
     def close(self, stream_id: int) -> None:
         """Abandon a stream (no final); harmless for a stream that already finished."""
         self._sinks.pop(stream_id, None)
-        self._submit("close_stream", stream_id)
+        self._submit(StreamCommand.CLOSE, stream_id)
 
     # ------------------------------------------------------------------ the worker's cycles
     async def _pump(self) -> None:
@@ -173,7 +183,7 @@ class EngineRunner:
             self._wake.clear()
             while True:
                 try:
-                    cycle: Cycle | None = await self._worker.call("cycle", self._take_inbox())
+                    cycle: Cycle | None = await self._worker.call(WorkerCall.CYCLE, self._take_inbox())
                     if cycle is None:
                         break
                     self._deliver(cycle)

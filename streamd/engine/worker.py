@@ -13,6 +13,7 @@ import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -27,9 +28,26 @@ log = get_logger(__name__)
 
 WARMUP_SECONDS = 2.0  # longer than the first chunk of the largest chunk size
 
-# A session's command for its stream: the StreamingEngine method's name, the stream, its other arguments.
-Command = tuple[str, int, tuple[Any, ...]]
-COMMAND_CALLS = frozenset({"open", "cycle"})  # the EngineWorker calls whose last argument is a list[Command]
+class StreamCommand(str, Enum):
+    """What a session asks of its stream: the :class:`StreamingEngine` method of that name."""
+
+    PUSH_AUDIO = "push_audio"
+    END = "end_stream"
+    FINALIZE = "finalize"
+    CLOSE = "close_stream"
+
+
+class WorkerCall(str, Enum):
+    """The :class:`EngineWorker` methods the runner calls, by name: a call may cross a process's pipe."""
+
+    START = "start"
+    OPEN = "open"
+    CYCLE = "cycle"
+
+
+# A session's command for its stream: what, which stream, its other arguments.
+Command = tuple[StreamCommand, int, tuple[Any, ...]]
+COMMAND_CALLS = frozenset({WorkerCall.OPEN, WorkerCall.CYCLE})  # the calls whose last argument is a list[Command]
 
 
 def freeze_long_lived_objects() -> None:
@@ -150,14 +168,14 @@ class EngineWorker:
 
     def _apply(self, commands: list[Command]) -> None:
         """Run the sessions' commands in order; a failing one fails its stream alone."""
-        for method, stream_id, args in commands:
+        for command, stream_id, args in commands:
             if stream_id in self._failed:
                 continue
             try:
-                getattr(self.engine, method)(stream_id, *args)
+                getattr(self.engine, command.value)(stream_id, *args)
             except Exception as exc:  # a bug: the session validated everything it sent
-                log.exception("engine command failed", command=method, stream_id=stream_id)
-                self._failed[stream_id] = f"{method}: {type(exc).__name__}: {exc}"
+                log.exception("engine command failed", command=command.value, stream_id=stream_id)
+                self._failed[stream_id] = f"{command.value}: {type(exc).__name__}: {exc}"
                 self.engine.close_stream(stream_id)
 
     def cycle(self, commands: list[Command]) -> Cycle | None:
