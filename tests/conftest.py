@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,30 @@ def compat_python() -> Path:
         subprocess.run([*pip, "--no-deps", "-r", str(ROOT / folder / "no-deps.txt")], check=True, timeout=600)
         partial.rename(venv)
     return venv / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a test CA (no system trusts it) and of a server certificate for 127.0.0.1 and
+    localhost that it signed, with the certificate's key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    import trustme
+
+    folder = tmp_path_factory.mktemp("tls")
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1", "localhost")
+    files = TlsFiles(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+    authority.cert_pem.write_to_path(str(files.ca))
+    certificate.cert_chain_pems[0].write_to_path(str(files.cert))
+    certificate.private_key_pem.write_to_path(str(files.key))
+    return files
 
 
 @pytest.fixture(scope="session")

@@ -33,8 +33,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 import soundfile as sf
-import trustme
-from conftest import ROOT
+from conftest import ROOT, TlsFiles
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.sync.client import connect
@@ -72,26 +71,20 @@ TOKEN = "s3cret-token"
 
 
 @pytest.fixture(scope="module")
-def cafile(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path]:
-    """A CA of the test's own (no system trusts it) and its certificate's PEM file."""
-    authority = trustme.CA()
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    authority.cert_pem.write_to_path(str(path))
-    return authority, path
+def cafile(tls_files: TlsFiles) -> Path:
+    """The test CA's certificate (no system trusts it), which signed the secure server's."""
+    return tls_files.ca
 
 
 @pytest.fixture(scope="module")
 def secure_server(tone_model_path: Path, tmp_path_factory: pytest.TempPathFactory,
-                  cafile: tuple[trustme.CA, Path]) -> Iterator[ServerProcess]:
+                  tls_files: TlsFiles) -> Iterator[ServerProcess]:
     """A server that requires :data:`TOKEN` and speaks TLS only (a certificate for 127.0.0.1 and
     localhost signed by the test's CA); one session per client address."""
     folder = tmp_path_factory.mktemp("secure")
-    certificate = cafile[0].issue_cert("127.0.0.1", "localhost")
-    certificate.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
-    certificate.private_key_pem.write_to_path(str(folder / "key.pem"))
     (folder / "tokens").write_text(f"{TOKEN}\n")
-    started = start_server(tone_model_path, folder / "server.log", cafile=cafile[1], tls_cert=folder / "cert.pem",
-                           tls_key=folder / "key.pem", auth_tokens_file=folder / "tokens", max_sessions=4,
+    started = start_server(tone_model_path, folder / "server.log", cafile=tls_files.ca, tls_cert=tls_files.cert,
+                           tls_key=tls_files.key, auth_tokens_file=folder / "tokens", max_sessions=4,
                            max_sessions_per_ip=1)
     yield started
     assert started.stop() == 0, started.log_tail()
@@ -103,9 +96,9 @@ def idle_secure_server(secure_server: ServerProcess) -> ServerProcess:
     return secure_server
 
 
-def secure_args(cafile: tuple[trustme.CA, Path]) -> list[str]:
+def secure_args(cafile: Path) -> list[str]:
     """What a client of :func:`secure_server` passes."""
-    return ["--token", TOKEN, "--cafile", str(cafile[1])]
+    return ["--token", TOKEN, "--cafile", str(cafile)]
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +289,7 @@ def test_mic_lists_the_inputs_portaudio_sees_and_marks_the_default(pulse: Pulse)
     (48000, 1120, "pulse", True),  # the server resamples; wss:// with a token
 ])
 def test_mic_prints_the_letters_played_into_a_real_microphone_as_partials_and_finals(
-        pulse: Pulse, request: pytest.FixtureRequest, cafile: tuple[trustme.CA, Path], wavs: dict[str, Path],
+        pulse: Pulse, request: pytest.FixtureRequest, cafile: Path, wavs: dict[str, Path],
         rate: int, chunk_ms: int, device: str, secure: bool):
     server: ServerProcess = request.getfixturevalue("idle_secure_server" if secure else "idle_server")
     chosen = list_devices(pulse)["pulse"]["index"] if device == "index" else device
@@ -405,7 +398,7 @@ def test_a_failing_audio_source_ends_the_session_and_its_error_surfaces(idle_ser
 
 # ---------------------------------------------------------------------- token, TLS, refusals
 def test_replay_over_wss_with_a_token_gets_the_transcript(idle_secure_server: ServerProcess,
-                                                          cafile: tuple[trustme.CA, Path], wavs: dict[str, Path]):
+                                                          cafile: Path, wavs: dict[str, Path]):
     assert idle_secure_server.url.startswith("wss://")
     proc = run_client("clients.replay", idle_secure_server.url, str(wavs["bad"]), "--fast", *secure_args(cafile))
     assert (proc.returncode, proc.stdout.strip()) == (0, spelled("bad")), proc.stderr
@@ -417,13 +410,13 @@ def test_replay_over_wss_with_a_token_gets_the_transcript(idle_secure_server: Se
     ([], TOKEN, None),  # $STREAMD_TOKEN
 ])
 def test_tokens_are_explained_or_taken_from_the_environment(
-        idle_secure_server: ServerProcess, cafile: tuple[trustme.CA, Path], wavs: dict[str, Path],
+        idle_secure_server: ServerProcess, cafile: Path, wavs: dict[str, Path],
         token_args: list[str], token_env: str | None, expected: str | None):
     env = {name: value for name, value in os.environ.items() if name != "STREAMD_TOKEN"}
     if token_env:
         env["STREAMD_TOKEN"] = token_env
     proc = run_client("clients.replay", idle_secure_server.url, str(wavs["bad"]), "--fast", "--cafile",
-                      str(cafile[1]), *token_args, env=env)
+                      str(cafile), *token_args, env=env)
     if expected is None:
         assert (proc.returncode, proc.stdout.strip()) == (0, spelled("bad")), proc.stderr
     else:
@@ -437,12 +430,12 @@ def test_tokens_are_explained_or_taken_from_the_environment(
                      r"use wss://"),
     ("ws", True, 2, r"--cafile is for wss:// URLs, not ws://127\.0\.0\.1:\d+/"),
 ])
-def test_tls_mistakes_are_explained(idle_secure_server: ServerProcess, cafile: tuple[trustme.CA, Path],
+def test_tls_mistakes_are_explained(idle_secure_server: ServerProcess, cafile: Path,
                                     wavs: dict[str, Path], scheme: str, cafile_args: bool, exit_code: int,
                                     expected: str):
     url = f"{scheme}://127.0.0.1:{idle_secure_server.port}/"
     proc = run_client("clients.replay", url, str(wavs["bad"]), "--fast", "--token", TOKEN,
-                      *(["--cafile", str(cafile[1])] if cafile_args else []))
+                      *(["--cafile", str(cafile)] if cafile_args else []))
     assert proc.returncode == exit_code and re.fullmatch(f"error: {expected}\n", proc.stderr), proc.stderr
 
 
@@ -454,7 +447,7 @@ def test_wss_to_a_plain_server_is_explained(idle_server: ServerProcess, wavs: di
 
 
 def test_sessions_over_the_per_address_limit_are_explained(idle_secure_server: ServerProcess,
-                                                           cafile: tuple[trustme.CA, Path], wavs: dict[str, Path]):
+                                                           cafile: Path, wavs: dict[str, Path]):
     with connect(idle_secure_server.url, ssl=idle_secure_server.tls,
                  additional_headers={"Authorization": f"Bearer {TOKEN}"}):  # this address's one session
         proc = run_client("clients.replay", idle_secure_server.url, str(wavs["bad"]), "--fast", *secure_args(cafile))

@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import trustme
-from conftest import ROOT, log_records
+from conftest import ROOT, TlsFiles, log_records
 from test_server import assert_complete, converse, letters_sequence, server_code, stream, tone_pcm
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -163,25 +162,13 @@ def test_a_session_that_sends_no_config_in_time_is_closed(guarded: ServerProcess
 
 
 # ---------------------------------------------------------------------- TLS
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """A test CA's certificate, and a server certificate for 127.0.0.1 with its key (PEM files)."""
-    folder = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    ca.cert_pem.write_to_path(folder / "ca.pem")
-    cert.private_key_pem.write_to_path(folder / "key.pem")
-    cert.cert_chain_pems[0].write_to_path(folder / "cert.pem")
-    return folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
-
-
-def test_tls_serves_wss_and_https_on_the_same_port(tone_model_path: Path, tmp_path: Path,
-                                                   certificates: tuple[Path, Path, Path], rng: np.random.Generator):
-    ca, cert, key = certificates
-    server = start_server(tone_model_path, tmp_path / "server.log", cafile=ca, threads=1, tls_cert=cert, tls_key=key)
+def test_tls_serves_wss_and_https_on_the_same_port(tone_model_path: Path, tmp_path: Path, tls_files: TlsFiles,
+                                                   rng: np.random.Generator):
+    server = start_server(tone_model_path, tmp_path / "server.log", cafile=tls_files.ca, threads=1,
+                          tls_cert=tls_files.cert, tls_key=tls_files.key)
     try:
         [sequence] = letters_sequence(rng, 1)
-        transcribe(server.url, sequence, ssl=ssl.create_default_context(cafile=str(ca)))
+        transcribe(server.url, sequence, ssl=ssl.create_default_context(cafile=str(tls_files.ca)))
         assert server.url.startswith("wss://") and server.get("/readyz")[0] == 200  # https:// on the same port
         with pytest.raises(ssl.SSLCertVerificationError):  # a client that does not trust the CA
             transcribe(f"wss://127.0.0.1:{server.port}/", sequence)
