@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--train tones trains the tiny architecture on the synthetic tone alphabet "
             "(letters a-h as sine tones) in about five minutes on a CPU. --train digits trains the small "
             "architecture on spoken digit strings synthesized by espeak-ng, flite, festival and piper "
-            "voices (docs/models.md; about 90 minutes on 2 CPU cores). --tokens-per-second "
+            "voices (docs/models.md; about 2 hours on 2 idle CPU cores). --tokens-per-second "
             "calibrates an untrained model to emit about that many tokens per second of speech-like "
             "audio, as a trained model does (an untrained one emits its maximum on every frame), so "
             "that its speed benchmarks count a realistic decoder cost (streamd.models.token_rate)."
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--train", choices=sorted(TRAINED_ARCH), help="train on a task instead of random weights")
     create.add_argument("--steps", type=int,
                         help="maximum training steps; stops early at 100%% held-out accuracy "
-                             "(default: tones 1500, digits 600)")
+                             "(default: tones 1500, digits 4000)")
     create.add_argument("--tokens-per-second", type=float,
                         help="untrained only: calibrate the blank output per chunk size to emit about "
                              "this many tokens per second (a trained English model: 3-5)")
