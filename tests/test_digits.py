@@ -48,14 +48,17 @@ def test_spoken_words_and_groups_say_every_digit_once(rng: np.random.Generator):
         assert "".join(digits.normalize(" ".join(w for w in words if w != ","))) == string
 
 
-def test_the_tokenizer_corpus_makes_one_token_per_word(tmp_path):
+def test_the_tokenizer_spells_every_word(tmp_path):
     import sentencepiece
 
     from streamd.models.architectures import ARCHITECTURES, build_tokenizer
+    from streamd.models.digits_training import ARCH
 
-    folder = build_tokenizer(digits.transcript_corpus(), ARCHITECTURES["small"].vocab_size, str(tmp_path))
+    folder = build_tokenizer(digits.transcript_corpus(), ARCHITECTURES[ARCH].vocab_size, str(tmp_path))
     tokenizer = sentencepiece.SentencePieceProcessor(model_file=f"{folder}/tokenizer.model")
-    assert all(len(tokenizer.encode(word)) == 1 for word in digits.VOCABULARY)
+    for word in digits.VOCABULARY:
+        ids = tokenizer.encode(word)
+        assert tokenizer.unk_id() not in ids and tokenizer.decode(ids) == word
 
 
 # ---------------------------------------------------------------------- voices and augmentation

@@ -16,7 +16,7 @@ from streamd.offline.untrained import GENERATED_TOKENS_MAX, architecture_names
 
 CALIBRATION_AUDIO_S = 60.0
 # What each --train task trains.
-TRAINED_ARCH = {"tones": "tiny", "digits": "small"}
+TRAINED_ARCH = {"tones": "tiny", "digits": "tiny"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,9 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Build a cache-aware FastConformer-RNNT. Without --train the weights are UNTRAINED: "
             "its transcripts are meaningless; use it for shape, memory and speed benchmarks. "
             "--train tones trains the tiny architecture on the synthetic tone alphabet "
-            "(letters a-h as sine tones) in about five minutes on a CPU. --train digits trains the small "
+            "(letters a-h as sine tones) in about five minutes on a CPU. --train digits trains the tiny "
             "architecture on spoken digit strings synthesized by espeak-ng, flite, festival and piper "
-            "voices (docs/models.md; about 2 hours on 2 idle CPU cores). --tokens-per-second "
+            "voices (docs/models.md; about 20 minutes on 2 CPU cores). --tokens-per-second "
             "calibrates an untrained model to emit about that many tokens per second of speech-like "
             "audio, as a trained model does (an untrained one emits its maximum on every frame), so "
             "that its speed benchmarks count a realistic decoder cost (streamd.models.token_rate)."
@@ -41,9 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--out", required=True, help="output .nemo file")
     create.add_argument("--seed", type=int, default=0, help="same seed, same weights (default 0)")
     create.add_argument("--train", choices=sorted(TRAINED_ARCH), help="train on a task instead of random weights")
-    create.add_argument("--steps", type=int,
-                        help="maximum training steps; stops early at 100%% held-out accuracy "
-                             "(default: tones 1500, digits 4000)")
+    create.add_argument("--steps", type=int, default=1500,
+                        help="maximum training steps; stops early at 100%% held-out accuracy (default 1500)")
     create.add_argument("--tokens-per-second", type=float,
                         help="untrained only: calibrate the blank output per chunk size to emit about "
                              "this many tokens per second (a trained English model: 3-5)")
@@ -104,14 +103,14 @@ def run_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(task: str, seed: int, steps: int | None) -> Any:
+def _train(task: str, seed: int, steps: int) -> Any:
     if task == "tones":
         from streamd.models.training import train_tone_model
 
-        return train_tone_model(seed=seed) if steps is None else train_tone_model(seed=seed, steps=steps)
+        return train_tone_model(seed=seed, steps=steps)
     from streamd.models.digits_training import train_digits_model
 
-    return train_digits_model(seed=seed) if steps is None else train_digits_model(seed=seed, steps=steps)
+    return train_digits_model(seed=seed, steps=steps)
 
 
 def run_create_offline(args: argparse.Namespace) -> int:
