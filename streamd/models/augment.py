@@ -12,13 +12,13 @@ import soxr
 from scipy.signal import fftconvolve, lfilter
 
 SAMPLE_RATE = 16000
-SPEED = (0.85, 1.2)
-REVERB_SHARE = 0.4
-RT60_S = (0.15, 0.9)
+SPEED = (0.9, 1.15)
+REVERB_SHARE = 0.3
+RT60_S = (0.15, 0.6)
 TELEPHONE_SHARE = 0.25
-NOISE_SHARE = 0.8
-SNR_DB = (5.0, 40.0)
-PEAK_DBFS = (-40.0, -1.0)
+NOISE_SHARE = 0.6
+SNR_DB = (12.0, 40.0)
+PEAK_DBFS = (-35.0, -1.0)
 
 
 def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
