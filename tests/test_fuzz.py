@@ -5,8 +5,8 @@ with mutated fields, valid audio, random bytes, random and deeply nested JSON, u
 non-UTF-8 text) and sometimes an early close. Invariants, after every session and at the end: the
 server stays ready, every native session ends with a documented close code, no session ends in
 ``internal_error``, the log has no error-level record (no traceback for a client's mistake), and
-the server's memory stays under a stated bound. Bounded in count and time for CI; a longer run is a
-benchmark (docs/security.md).
+the server's memory stays under a stated bound. 60 sessions in CI; ``STREAMD_FUZZ_EXAMPLES=N`` runs
+N (the long run's figures: docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from streamd.serverproc import ServerProcess, start_server
 
-EXAMPLES = 60
+EXAMPLES = int(os.environ.get("STREAMD_FUZZ_EXAMPLES", "60"))
 # Close codes a native session may end with: docs/protocol.md's table, and the WebSocket layer's
 # own for frames it refuses itself (1002 protocol error, 1007 invalid UTF-8, 1009 too big).
 DOCUMENTED_CLOSES = {1000, 1001, 1002, 1007, 1009, 4000, 4001, 4002, 4003, 4008, 4009, 4010, 4012}

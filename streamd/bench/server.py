@@ -19,12 +19,14 @@ the event loop, the protocol, resampling and the engine worker together.
   batch whose p99 step time fits in one chunk (the most streams the model itself could keep up
   with, before any networking, queueing or real-time pacing).
 - Memory: cache bytes per stream (from the encoder's cache shapes), server RSS idle and at the
-  largest load, and an open/close soak whose RSS slope (MiB per minute) shows any leak.
+  largest load, and an open/close soak (clients opening session after session) whose RSS slope
+  (MiB per minute) shows any leak, with the sessions that got their final and those that did not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -38,12 +40,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
-from clients.common import Pcm, SessionResult, percentiles, run_session
+from clients.common import ClientError, Pcm, SessionResult, percentiles, run_session
 from streamd.bench.engine import chunk_length_ms, run_engine, warm_up
 from streamd.log import get_logger
 from streamd.models import tones
 from streamd.oslimits import raise_open_files_limit
+from streamd.server.app import RECEIVE_QUEUE_FRAMES
+from streamd.server.protocols import native as native_protocol
 from streamd.serverproc import ServerProcess, start_server
 
 MIB = 1024 * 1024
@@ -54,10 +60,12 @@ log = get_logger(__name__)
 def serving(model_path: str, log_path: Path | None, **settings: Any) -> Iterator[ServerProcess]:
     """A server for one scenario (``key=value`` settings), stopped and checked to exit cleanly.
 
-    Its log goes to ``log_path`` (kept), or to a temporary file whose tail errors quote.
+    Its log goes to ``log_path`` (kept), or to a temporary file whose tail errors quote. Every
+    benchmark client is this machine, one address: no per-address session limit unless given.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(model_path, log_path or Path(tmp) / "server.log", **settings)
+        server = start_server(model_path, log_path or Path(tmp) / "server.log",
+                              **{"max_sessions_per_ip": 0, **settings})
         try:
             yield server
         finally:
@@ -336,34 +344,160 @@ def cache_bytes_per_stream(model: Any) -> int:
     return encoder + sum(s.numel() * s.element_size() for s in decoder)
 
 
+def letters_without_runs(rng: np.random.Generator, count: int) -> str:
+    """``count`` tone letters, none next to itself (a run of one tone is the tone model's known
+    weakness: exact transcripts then measure the server, not the model)."""
+    letters = [str(rng.choice(list(tones.LETTERS)))]
+    while len(letters) < count:
+        letters.append(str(rng.choice([x for x in tones.LETTERS if x != letters[-1]])))
+    return "".join(letters)
+
+
+@dataclass
+class SoakCounts:
+    sessions: int = 0  # sessions that ended with their final and done (close 1000)
+    finals_lost: int = 0  # sessions opened and sent audio whose final or done never came
+    exact: int = 0  # finals equal to the letters sent (meaningful for the tone model only)
+
+
+async def _soak_client(url: str, chunk_ms: int, realtime: bool, rng: np.random.Generator, until: float,
+                       counts: SoakCounts) -> None:
+    """Session after session until ``until`` (``time.monotonic()``): 1-6 letters (0.3-3.6 s)."""
+    config = {"sample_rate": tones.SAMPLE_RATE, "chunk_ms": chunk_ms, "word_timestamps": False}
+    while time.monotonic() < until:
+        sequence = tones.synthesize(letters_without_runs(rng, int(rng.integers(1, 7))), rng)
+        pcm = Pcm.from_array(sequence.audio, tones.SAMPLE_RATE)
+        try:
+            result = await run_session(url, config, pcm.replay(80, realtime))
+        except ClientError as exc:
+            log.warning("soak session failed", error=str(exc))
+            counts.finals_lost += 1
+            continue
+        ended = bool(result.finals) and result.close_code == 1000
+        counts.sessions += ended
+        counts.finals_lost += not ended
+        counts.exact += result.text == sequence.text
+
+
 def soak(model_path: str, minutes: float, streams: int, chunk_ms: int, settings: dict[str, Any], seed: int = 0,
-         sample_every_s: float = 5.0, log_dir: Path | None = None) -> dict[str, Any]:
-    """Sessions open and close for ``minutes`` (``streams`` at a time, 1-4 s of audio each, sent
-    as fast as accepted); RSS is sampled throughout. The slope is fitted after the first fifth,
-    which holds allocator warm-up."""
-    rng = np.random.default_rng(seed)
+         sample_every_s: float = 5.0, log_dir: Path | None = None, realtime: bool = False) -> dict[str, Any]:
+    """``streams`` clients open session after session for ``minutes`` (1-6 tone letters, 0.3-3.6 s
+    each, sent as fast as accepted or, ``realtime``, at the audio's pace); RSS is sampled
+    throughout. The slope is fitted after the first fifth, which holds allocator warm-up.
+    Counted: sessions that ended with their final and ``done``, sessions that did not (finals
+    lost), and finals whose text is the letters sent."""
     samples: list[tuple[float, int]] = []
-    sessions = 0
+    counts = SoakCounts()
+    raise_open_files_limit(streams)
     with serving(model_path, _log(log_dir, "soak"), **settings, max_batch=streams,
                  max_sessions=streams + 1) as server:
-        started = time.monotonic()
-        next_sample = started
-        while (now := time.monotonic()) - started < minutes * 60:
-            if now >= next_sample:
-                samples.append((now - started, server.rss_bytes()))
-                next_sample += sample_every_s
-            audios = [tones.random_audio(rng, float(rng.uniform(1, 4))) for _ in range(streams)]
-            asyncio.run(run_sessions(server.url, audios, chunk_ms, False, chunk_ms))
-            sessions += streams
-        samples.append((time.monotonic() - started, server.rss_bytes()))
+        async def run() -> None:
+            started = time.monotonic()
+            until = started + minutes * 60
+            clients = [asyncio.create_task(_soak_client(server.url, chunk_ms, realtime,
+                                                        np.random.default_rng([seed, i]), until, counts))
+                       for i in range(streams)]
+            while time.monotonic() < until:
+                samples.append((time.monotonic() - started, server.rss_bytes()))
+                await asyncio.sleep(min(sample_every_s, max(0.0, until - time.monotonic())))
+            await asyncio.gather(*clients)
+            samples.append((time.monotonic() - started, server.rss_bytes()))
+
+        asyncio.run(run())
+        server.wait_idle()
+        rss_idle_after = server.rss_bytes()
     t = np.array([s[0] for s in samples]) / 60
     rss = np.array([s[1] for s in samples]) / MIB
     settled = t >= t[-1] / 5
     slope = float(np.polyfit(t[settled], rss[settled], 1)[0]) if settled.sum() >= 2 else None
-    return {"scenario": "soak", "minutes": minutes, "sessions": sessions, "chunk_ms": chunk_ms,
-            "rss_start_mib": round(float(rss[0]), 1), "rss_end_mib": round(float(rss[-1]), 1),
+    return {"scenario": "soak", "minutes": minutes, "streams": streams, "realtime": realtime,
+            "sessions": counts.sessions, "finals_lost": counts.finals_lost, "exact_transcripts": counts.exact,
+            "chunk_ms": chunk_ms, "rss_start_mib": round(float(rss[0]), 1), "rss_end_mib": round(float(rss[-1]), 1),
+            "rss_idle_after_mib": _mib(rss_idle_after), "rss_max_mib": round(float(rss.max()), 1),
             "rss_slope_mib_per_min": round(slope, 3) if slope is not None else None,
+            "rss_slope_mib_per_hour": round(60 * slope, 1) if slope is not None else None,
             "rss_samples_mib": [round(float(x), 1) for x in rss]}
+
+
+# The upload attack: sessions sending an hour of audio each as fast as TCP allows.
+PCM16_BYTES_PER_S = tones.SAMPLE_RATE * 2  # what the attack's clients send: 16 kHz pcm_s16le
+ENGINE_BYTES_PER_S = tones.SAMPLE_RATE * 4  # what the engine holds: float32 at the model's 16 kHz
+SOCKET_READ_BYTES = 256 * 1024  # what one socket read brings in (asyncio's selector transport)
+STREAM_BYTES = 2 * MIB  # a stream's own state and buffers (64 real-time streams: ~1.4 MiB each)
+
+
+def per_session_bound(backlog_s: float, frame_bytes: int) -> int:
+    """The most memory one session holds while its client sends 16 kHz PCM16 in frames of
+    ``frame_bytes`` faster than the engine consumes it (docs/security.md):
+
+    - its unprocessed audio: reading pauses once it exceeds ``backlog_s`` (``max_backlog_s``), so
+      at most that plus the frame that crossed it, as float32 at 16 kHz, three times over while a
+      step joins what arrived into one array: the array being consumed (a view of the last join
+      keeps all of it), the pieces that arrived since, and the join;
+    - the WebSocket layer's receive queue while the session does not read:
+      ``RECEIVE_QUEUE_FRAMES`` frames and the one past it, one partial frame, one socket read;
+    - the stream's own state (caches, buffers: ``STREAM_BYTES``).
+
+    The kernel's socket buffers (``net.ipv4.tcp_rmem``) are not in the process's memory."""
+    frame_s = frame_bytes / PCM16_BYTES_PER_S
+    engine = 3 * (backlog_s + frame_s) * ENGINE_BYTES_PER_S
+    websocket = (RECEIVE_QUEUE_FRAMES + 2) * frame_bytes + SOCKET_READ_BYTES
+    return int(engine + websocket + STREAM_BYTES)
+
+
+def upload_attack(server: ServerProcess, sessions: int, frame_bytes: int, upload_s: float, wall_s: float,
+                  bound_over_idle: int | None = None, chunk_ms: int = 1120) -> dict[str, Any]:
+    """``sessions`` clients each send ``upload_s`` of PCM16 in frames of ``frame_bytes`` as fast as
+    TCP allows, reading (and dropping) what the server sends, for ``wall_s``; the server's RSS is
+    sampled every 0.25 s, and the attack stops at once if it rises ``bound_over_idle`` above the
+    idle reading. Then every connection is dropped (no close frame: it would wait behind the
+    unread audio). ``stopped_early``: an upload ended by itself (the server closed it)."""
+    audio = tones.random_audio(np.random.default_rng(0), frame_bytes / PCM16_BYTES_PER_S + 1)
+    frame = Pcm.from_array(audio, tones.SAMPLE_RATE).data[:frame_bytes]  # the content does not matter
+    idle = server.rss_bytes()
+    sent = [0] * sessions
+
+    async def upload(index: int, ws: ClientConnection) -> None:
+        async def read() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                async for _ in ws:
+                    pass
+
+        reader = asyncio.create_task(read())
+        try:
+            await ws.send(native_protocol.config(chunk_ms=chunk_ms))
+            while sent[index] < upload_s * PCM16_BYTES_PER_S:
+                await ws.send(frame)  # waits while TCP's window is shut: the server stopped reading
+                sent[index] += len(frame)
+        finally:
+            reader.cancel()
+
+    async def attack() -> tuple[list[int], bool]:
+        # No keepalive pings from the clients: a server that is not reading a socket reads no ping
+        # either, and a client would close itself for want of a pong.
+        clients = [await connect(server.url, ping_interval=None, compression=None) for _ in range(sessions)]
+        uploads = [asyncio.create_task(upload(i, ws)) for i, ws in enumerate(clients)]
+        rss, deadline = [server.rss_bytes()], time.monotonic() + wall_s
+        while time.monotonic() < deadline and not any(task.done() for task in uploads):
+            if bound_over_idle is not None and rss[-1] > idle + bound_over_idle:
+                break
+            await asyncio.sleep(0.25)
+            rss.append(server.rss_bytes())
+        stopped_early = any(task.done() for task in uploads)
+        for task, ws in zip(uploads, clients, strict=True):
+            task.cancel()
+            ws.transport.abort()
+        await asyncio.gather(*uploads, return_exceptions=True)
+        return rss, stopped_early
+
+    started = time.monotonic()
+    rss, stopped_early = asyncio.run(attack())
+    over = bound_over_idle is not None and max(rss) > idle + bound_over_idle
+    return {"scenario": "upload_attack", "sessions": sessions, "frame_bytes": frame_bytes, "upload_s": upload_s,
+            "wall_s": round(time.monotonic() - started, 2), "stopped_early": stopped_early,
+            "idle_rss_mib": _mib(idle), "peak_rss_mib": _mib(max(rss)),
+            "bound_over_idle_mib": _mib(bound_over_idle), "over_bound": over,
+            "sent_audio_s": round(sum(sent) / PCM16_BYTES_PER_S, 1), "rss_samples_mib": [_mib(x) for x in rss]}
 
 
 def _s(value: float | None) -> str:
@@ -424,9 +558,13 @@ def capacity_table(rows: list[dict[str, Any]]) -> str:
 
 
 def memory_table(row: dict[str, Any]) -> str:
+    pace = "real time" if row["realtime"] else "as fast as accepted"
     return "\n".join([
-        "| cache KiB per stream | soak minutes | sessions | RSS start / end MiB | RSS slope MiB/min |",
-        "|---:|---:|---:|---:|---:|",
-        f"| {row['cache_bytes_per_stream'] / 1024:.1f} | {row['minutes']} | {row['sessions']} | "
-        f"{row['rss_start_mib']} / {row['rss_end_mib']} | {row['rss_slope_mib_per_min']} |",
+        "| cache KiB per stream | soak minutes | clients, pace | sessions with their final | finals lost "
+        "| exact transcripts | RSS start / max / end MiB | RSS slope MiB/min (MiB/h) |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|",
+        f"| {row['cache_bytes_per_stream'] / 1024:.1f} | {row['minutes']} | {row['streams']}, {pace} | "
+        f"{row['sessions']} | {row['finals_lost']} | {row['exact_transcripts']} | "
+        f"{row['rss_start_mib']} / {row['rss_max_mib']} / {row['rss_end_mib']} | "
+        f"{row['rss_slope_mib_per_min']} ({row['rss_slope_mib_per_hour']}) |",
     ])

@@ -99,6 +99,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     server.add_argument("--server-log-dir", type=Path,
                         help="keep each scenario's server log here (default: temporary; errors quote its tail)")
     server.add_argument("--soak-minutes", type=float, default=10.0, help="open/close soak length (default 10)")
+    server.add_argument("--soak-streams", type=int, default=8,
+                        help="open/close soak: concurrent clients, each opening session after session (default 8)")
+    server.add_argument("--soak-realtime", action="store_true",
+                        help="open/close soak: clients send at the audio's pace (default: as fast as accepted)")
     server.set_defaults(func=run_server_bench)
     offline = kinds.add_parser("offline", help="Whisper encoder/generate and aligner forward/alignment times "
                                "per device and dtype")
@@ -247,8 +251,8 @@ def run_server_bench(args: argparse.Namespace) -> int:
         results += rows
         tables.append(("Real-time capacity", server_bench.capacity_table(rows)))
     if "memory" in args.scenarios:
-        row = server_bench.soak(args.model, args.soak_minutes, min(args.streams, 8), args.chunk_ms[-1], settings,
-                                log_dir=args.server_log_dir)
+        row = server_bench.soak(args.model, args.soak_minutes, args.soak_streams, args.chunk_ms[-1], settings,
+                                log_dir=args.server_log_dir, realtime=args.soak_realtime)
         row["cache_bytes_per_stream"] = server_bench.cache_bytes_per_stream(model)
         results.append(row)
         tables.append(("Memory", server_bench.memory_table(row)))
