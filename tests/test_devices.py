@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
-import types
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from tests.conftest import streamd_cli
 
 @pytest.fixture(autouse=True)
 def fresh_torch_npu_state():
-    """Each test imports torch_npu (or its mock) afresh: the import is cached per process."""
+    """Each test imports torch_npu afresh: the import is cached per process."""
     npu.load_torch_npu.cache_clear()
     yield
     npu.load_torch_npu.cache_clear()
@@ -51,31 +52,52 @@ def test_unknown_device_and_dtype_are_refused():
     assert parse_dtype("bf16") is torch.bfloat16
 
 
-@pytest.fixture
-def mock_torch_npu(monkeypatch):
-    """A MOCK torch_npu: registers the 'npu' device name as the real one does, sees one NPU."""
-    if torch._C._get_privateuse1_backend_name() != "npu":
-        torch.utils.rename_privateuse1_backend("npu")
-    monkeypatch.setitem(sys.modules, "torch_npu", types.ModuleType("torch_npu"))
-    monkeypatch.setattr(torch, "npu", types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 1),
-                        raising=False)
+# The MOCK torch_npu: registers the 'npu' device name as the real one does and sees one NPU. It runs
+# in a child process because renaming torch's privateuse1 backend cannot be undone: in the test
+# process it would make every later optimizer step look for a torch.npu module.
+MOCK_TORCH_NPU = """
+import json, os, sys, types
+import torch
+torch.utils.rename_privateuse1_backend("npu")
+sys.modules["torch_npu"] = types.ModuleType("torch_npu")
+torch.npu = types.SimpleNamespace(is_available=lambda: True, device_count=lambda: {count})
+from streamd.devices import DeviceError, resolve_device
+"""
 
 
-def test_mock_npu_sets_allocator_default_and_resolves(monkeypatch, mock_torch_npu):
+def run_with_mock_npu(body: str, count: int = 1, env: dict[str, str] | None = None) -> dict:
+    """Run ``body`` beside the MOCK torch_npu in a child process; it prints one JSON object."""
+    # PYTORCH_NPU_ALLOC_CONF only as the test sets it: streamd's default is under test.
+    child_env = {key: value for key, value in os.environ.items() if key != "PYTORCH_NPU_ALLOC_CONF"} | (env or {})
+    proc = subprocess.run([sys.executable, "-c", MOCK_TORCH_NPU.format(count=count) + body],
+                          capture_output=True, text=True, env=child_env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_mock_npu_sets_allocator_default_and_resolves():
     """With a MOCK torch_npu (no hardware here): allocator setting and device resolution."""
-    monkeypatch.delenv("PYTORCH_NPU_ALLOC_CONF", raising=False)
-    assert resolve_device("npu") == torch.device("npu", 0)
-    assert os.environ["PYTORCH_NPU_ALLOC_CONF"] == "expandable_segments:True"
-    assert resolve_device("auto").type == "npu"
-    with pytest.raises(DeviceError, match="only 1 NPU"):
-        resolve_device("npu:3")
+    result = run_with_mock_npu("""
+try:
+    resolve_device("npu:3")
+    refused = None
+except DeviceError as exc:
+    refused = str(exc)
+print(json.dumps({"npu": str(resolve_device("npu")), "auto": str(resolve_device("auto")),
+                  "alloc": os.environ.get("PYTORCH_NPU_ALLOC_CONF"), "refused": refused}))
+""")
+    assert result["npu"] == "npu:0" and result["auto"] == "npu:0"
+    assert result["alloc"] == "expandable_segments:True"
+    assert result["refused"] is not None and "only 1 NPU" in result["refused"]
 
 
-def test_mock_npu_keeps_a_user_allocator_setting(monkeypatch, mock_torch_npu):
+def test_mock_npu_keeps_a_user_allocator_setting():
     """MOCK torch_npu: a user's PYTORCH_NPU_ALLOC_CONF wins."""
-    monkeypatch.setenv("PYTORCH_NPU_ALLOC_CONF", "max_split_size_mb:128")
-    resolve_device("npu")
-    assert os.environ["PYTORCH_NPU_ALLOC_CONF"] == "max_split_size_mb:128"
+    result = run_with_mock_npu("""
+resolve_device("npu")
+print(json.dumps({"alloc": os.environ.get("PYTORCH_NPU_ALLOC_CONF")}))
+""", env={"PYTORCH_NPU_ALLOC_CONF": "max_split_size_mb:128"})
+    assert result["alloc"] == "max_split_size_mb:128"
 
 
 @pytest.mark.parametrize(("visible", "ids"), [
@@ -94,13 +116,12 @@ def test_logical_npu_indexes_name_the_visible_devices():
     assert npu.logical_devices(2, None) == [{"device": "npu:0", "device_id": 0}, {"device": "npu:1", "device_id": 1}]
 
 
-def test_mock_npu_doctor_reports_the_npus_and_their_devices(monkeypatch, mock_torch_npu):
+def test_mock_npu_doctor_reports_the_npus_and_their_devices():
     """MOCK torch_npu seeing two NPUs: doctor's NPU part maps each npu:N to its Ascend device."""
-    from streamd.doctor import npu_report
-
-    monkeypatch.setattr(torch.npu, "device_count", lambda: 2)
-    monkeypatch.setenv(npu.VISIBLE_DEVICES_VARIABLE, "6,7")
-    report = npu_report()
+    report = run_with_mock_npu("""
+from streamd.doctor import npu_report
+print(json.dumps(npu_report()))
+""", count=2, env={npu.VISIBLE_DEVICES_VARIABLE: "6,7"})
     assert report["runtime_loads"] and report["problem"] is None
     assert report["devices"] == 2
     assert report["logical_devices"] == [{"device": "npu:0", "device_id": 6}, {"device": "npu:1", "device_id": 7}]
