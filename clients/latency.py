@@ -16,7 +16,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clients.common import ClientError, Pcm, SessionResult, fail, percentiles, run_session
+from clients.common import (
+    ClientError,
+    Pcm,
+    ServerAccess,
+    SessionResult,
+    add_access_arguments,
+    fail,
+    percentiles,
+    run_session,
+)
 
 ROWS = (  # (label, key in a chunk summary, percentile)
     ("first partial", "first_partial_s", "p50"),
@@ -36,21 +45,23 @@ def _chunk_sizes(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m clients.latency", description=__doc__.splitlines()[0])
-    parser.add_argument("url", help="ws://HOST:PORT/")
+    parser.add_argument("url", help="ws://HOST:PORT/ or wss://HOST:PORT/")
     parser.add_argument("file", help="audio file to replay in real time")
     parser.add_argument("--chunk-ms", type=_chunk_sizes, default=[80, 160, 560, 1120],
                         help="comma-separated model chunk sizes (default 80,160,560,1120)")
     parser.add_argument("--streams", type=int, default=1, help="concurrent connections per chunk size")
     parser.add_argument("--frame-ms", type=float, default=80.0, help="audio per WebSocket frame (default 80)")
     parser.add_argument("--out", type=Path, required=True, help="directory for latency.json/.md/.png")
+    add_access_arguments(parser)
     return parser.parse_args(argv)
 
 
-async def measure(url: str, pcm: Pcm, chunk_ms: int, streams: int, frame_ms: float) -> dict[str, Any]:
+async def measure(url: str, pcm: Pcm, chunk_ms: int, streams: int, frame_ms: float,
+                  access: ServerAccess | None = None) -> dict[str, Any]:
     """Replay ``pcm`` on ``streams`` connections at once; summarize their latencies."""
     config = pcm.config() | {"chunk_ms": chunk_ms}
     results: list[SessionResult] = await asyncio.gather(
-        *(run_session(url, config, pcm.replay(frame_ms, realtime=True)) for _ in range(streams)))
+        *(run_session(url, config, pcm.replay(frame_ms, realtime=True), access=access) for _ in range(streams)))
     latencies = [r.latency() for r in results]
 
     def measured(key: str) -> list[float]:
@@ -116,7 +127,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 async def run(args: argparse.Namespace, pcm: Pcm) -> dict[str, Any]:
     chunks = []
     for chunk_ms in args.chunk_ms:
-        chunks.append(await measure(args.url, pcm, chunk_ms, args.streams, args.frame_ms))
+        chunks.append(await measure(args.url, pcm, chunk_ms, args.streams, args.frame_ms, ServerAccess.from_args(args)))
         print(f"chunk {chunk_ms} ms: {json.dumps(chunks[-1])}", file=sys.stderr)
     return {"url": args.url, "file": args.file, "audio_seconds": round(pcm.seconds, 3),
             "streams": args.streams, "frame_ms": args.frame_ms, "chunks": chunks}

@@ -404,6 +404,15 @@ def test_replay_over_wss_with_a_token_gets_the_transcript(idle_secure_server: Se
     assert (proc.returncode, proc.stdout.strip()) == (0, spelled("bad")), proc.stderr
 
 
+def test_latency_sweep_over_wss_with_a_token(idle_secure_server: ServerProcess, cafile: Path,
+                                             wavs: dict[str, Path], tmp_path: Path):
+    proc = run_client("clients.latency", idle_secure_server.url, str(wavs["bad"]), "--chunk-ms", "560",
+                      "--out", str(tmp_path), *secure_args(cafile))
+    assert proc.returncode == 0, proc.stderr
+    (chunk,) = json.loads((tmp_path / "latency.json").read_text())["chunks"]
+    assert chunk["texts"] == [spelled("bad")]
+
+
 @pytest.mark.parametrize("token_args, token_env, expected", [
     ([], None, "error: the server requires a token: pass --token (or set $STREAMD_TOKEN)\n"),
     (["--token", "wrong"], None, "error: the server rejected the token (HTTP 401)\n"),
