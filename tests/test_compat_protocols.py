@@ -191,23 +191,28 @@ def test_whisperlive_client_keeps_completed_segments_of_the_letters(server: Serv
                             for s in speaking)
 
 
-def test_whisperlive_client_of_a_full_server_hears_wait(tone_model_path: Path, compat_python: Path, tmp_path: Path,
-                                                        rng: np.random.Generator):
+@pytest.mark.parametrize("limit", ["max_sessions", "max_sessions_per_ip"])
+def test_whisperlive_client_without_room_hears_wait(tone_model_path: Path, compat_python: Path, tmp_path: Path,
+                                                    rng: np.random.Generator, limit: str):
+    """The server full, or this address at its limit: WhisperLive's clients hear WAIT, not an HTTP status."""
     wav = tone_wav(tmp_path / "speech.wav", sequences(rng, 1), 16000)
     ports = {"whisperlive_port": free_port(), "vosk_port": free_port()}
-    full = start_server(tone_model_path, tmp_path / "server.log", threads=1, max_sessions=1, **ports)
+    limits = {"max_sessions": 1} if limit == "max_sessions" else {"max_sessions": 4, "max_sessions_per_ip": 1}
+    server = start_server(tone_model_path, tmp_path / "server.log", threads=1, **limits, **ports)
     try:
-        with connect(full.url):  # its one slot, taken on the main port: one admission count for all ports
+        with connect(server.url):  # its one slot, taken on the main port: one admission count for all ports
             result = run_client(compat_python, "whisperlive_client.py", ports["whisperlive_port"], wav)
             with pytest.raises(InvalidStatus) as refused, connect(f"ws://127.0.0.1:{ports['vosk_port']}"):
-                pass  # vosk's clients get HTTP 503 before the upgrade
+                pass  # vosk's clients get the HTTP status before the upgrade
     finally:
-        assert full.stop() == 0, full.log_tail()
+        assert server.stop() == 0, server.log_tail()
     assert not result["ready"] and result["transcript"] == []
     [wait] = result["statuses"]
     assert wait["status"] == "WAIT" and isinstance(wait["uid"], str) and wait["message"] > 0  # minutes
-    assert refused.value.response.status_code == 503
-    assert "session refused: server full" in full.log_tail()
+    assert refused.value.response.status_code == (503 if limit == "max_sessions" else 429)
+    refusals = [r for r in log_records(server.log_tail(100_000)) if r["event"] == "connection refused"]
+    # one for each client: WhisperLive's, then vosk's
+    assert [r["reason"] for r in refusals] == 2 * ["full" if limit == "max_sessions" else "too_many_sessions"]
 
 
 @pytest.mark.parametrize("frames, close_code, uid", [

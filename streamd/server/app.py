@@ -242,9 +242,9 @@ class Server:
             del self._sessions[session]
 
     async def _refuse_full(self, connection: ServerConnection, adapter: Adapter) -> None:
-        """A full server's refusal in the protocol's own words: the adapter answers the client's
-        first frame (WhisperLive's options carry the uid its WAIT must echo)."""
-        log.info("session refused: server full", protocol=adapter.name, peer=str(connection.remote_address))
+        """A refusal for want of room (the server, or this address, at its limit) in the protocol's
+        own words: the adapter answers the client's first frame (WhisperLive's options carry the
+        uid its WAIT must echo)."""
         try:
             first_frame = await asyncio.wait_for(connection.recv(), self.settings.idle_timeout_s)
         except (ConnectionClosed, asyncio.TimeoutError):
@@ -294,15 +294,18 @@ class Server:
         if not self.access.authorized(request.path, request.headers):
             return self._unauthorized(connection)
         limit = self.settings.max_sessions_per_ip
+        answers_full = listener.routes(path).answers_full
         if status == "ready" and limit and self._sessions_from(connection.remote_address[0]) >= limit:
-            response = self._refuse(connection, HTTPStatus.TOO_MANY_REQUESTS, "too_many_sessions",
-                                    f"this address has max_sessions_per_ip={limit} sessions open")
+            message = f"this address has max_sessions_per_ip={limit} sessions open"
+            if answers_full:
+                return self._upgrade_to_refuse(connection, "too_many_sessions", message)
+            response = self._refuse(connection, HTTPStatus.TOO_MANY_REQUESTS, "too_many_sessions", message)
             response.headers["Retry-After"] = str(RETRY_AFTER_S)
             return response
-        if status == "full" and listener.routes(path).answers_full:
-            return None  # upgraded, not admitted: _handle refuses in the protocol's own words
+        if status == "full" and answers_full:
+            return self._upgrade_to_refuse(connection, status, "max_sessions reached")
         if status != "ready":
-            self.metrics.refused.labels(status).inc()
+            self._count_refusal(connection, status, "max_sessions reached" if status == "full" else f"server {status}")
             response = respond_json(connection, unavailable, body)
             response.headers["Retry-After"] = str(RETRY_AFTER_S)
             return response
@@ -314,10 +317,19 @@ class Server:
         return sum(1 for c in self._admitted if c.remote_address[0] == address)
 
     def _refuse(self, connection: ServerConnection, status: HTTPStatus, reason: str, message: str) -> Response:
-        """An upgrade refused before the handshake; logged, since no session will be."""
+        """An upgrade refused before the handshake."""
+        self._count_refusal(connection, reason, message)
+        return respond_json(connection, status, dump({"status": reason, "message": message}))
+
+    def _upgrade_to_refuse(self, connection: ServerConnection, reason: str, message: str) -> None:
+        """Upgraded, not admitted: :meth:`_handle` refuses in the protocol's own words (its clients
+        wait on that answer and would only fail on an HTTP status)."""
+        self._count_refusal(connection, reason, message)
+
+    def _count_refusal(self, connection: ServerConnection, reason: str, message: str) -> None:
+        """Logged, since no session will be, and counted."""
         log.info("connection refused", reason=reason, peer=str(connection.remote_address), message=message)
         self.metrics.refused.labels(reason).inc()
-        return respond_json(connection, status, dump({"status": reason, "message": message}))
 
     def _unauthorized(self, connection: ServerConnection) -> Response:
         response = self._refuse(connection, HTTPStatus.UNAUTHORIZED, "unauthorized",
