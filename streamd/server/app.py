@@ -297,15 +297,16 @@ class Server:
         answers_full = listener.routes(path).answers_full
         if status == "ready" and limit and self._sessions_from(connection.remote_address[0]) >= limit:
             message = f"this address has max_sessions_per_ip={limit} sessions open"
-            if answers_full:
-                return self._upgrade_to_refuse(connection, "too_many_sessions", message)
+            if answers_full:  # upgraded, not admitted: _handle refuses in the protocol's own words
+                self._count_refusal(connection, "too_many_sessions", message)
+                return None
             response = self._refuse(connection, HTTPStatus.TOO_MANY_REQUESTS, "too_many_sessions", message)
             response.headers["Retry-After"] = str(RETRY_AFTER_S)
             return response
-        if status == "full" and answers_full:
-            return self._upgrade_to_refuse(connection, status, "max_sessions reached")
         if status != "ready":
             self._count_refusal(connection, status, "max_sessions reached" if status == "full" else f"server {status}")
+            if status == "full" and answers_full:
+                return None  # upgraded, not admitted, as above
             response = respond_json(connection, unavailable, body)
             response.headers["Retry-After"] = str(RETRY_AFTER_S)
             return response
@@ -320,11 +321,6 @@ class Server:
         """An upgrade refused before the handshake."""
         self._count_refusal(connection, reason, message)
         return respond_json(connection, status, dump({"status": reason, "message": message}))
-
-    def _upgrade_to_refuse(self, connection: ServerConnection, reason: str, message: str) -> None:
-        """Upgraded, not admitted: :meth:`_handle` refuses in the protocol's own words (its clients
-        wait on that answer and would only fail on an HTTP status)."""
-        self._count_refusal(connection, reason, message)
 
     def _count_refusal(self, connection: ServerConnection, reason: str, message: str) -> None:
         """Logged, since no session will be, and counted."""
