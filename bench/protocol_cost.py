@@ -39,9 +39,12 @@ import numpy as np
 import torch
 from websockets.asyncio.client import ClientConnection, connect
 
+from clients.common import Pcm
 from streamd.bench.machine import machine_description
-from streamd.bench.server import letters_without_runs, serving
+from streamd.bench.server import serving
 from streamd.models import tones
+from streamd.models.architectures import ATT_CONTEXT_SIZES
+from streamd.server.protocols import native as native_protocol
 from streamd.server.protocols.base import Adapter
 from streamd.server.protocols.deepgram import DeepgramAdapter
 from streamd.server.protocols.native import NativeAdapter
@@ -55,7 +58,6 @@ from streamd.serverproc import ServerProcess, free_port
 FRAME_MS = 80
 RATE = tones.SAMPLE_RATE  # every protocol's audio is sent at 16 kHz: no resampling anywhere
 PORT_KEYS = ("whisperlive_port", "vosk_port", "sherpa_port")
-ATT_CONTEXT_SIZES = [(70, 13), (70, 6), (70, 1), (70, 0)]  # the chunks 1120, 560, 160, 80 ms
 
 
 async def paced(frames: list[bytes], speed: float) -> AsyncIterator[bytes]:
@@ -82,7 +84,7 @@ async def sending_while_reading(ws: ClientConnection, send: Callable[[], Awaitab
 
 
 # What each protocol's client sends before its audio, and how it wraps a frame of audio.
-NATIVE_CONFIG = json.dumps({"type": "config", "sample_rate": RATE, "encoding": "pcm_s16le"})
+NATIVE_CONFIG = native_protocol.config(sample_rate=RATE, encoding="pcm_s16le")
 OPENAI_SESSION = json.dumps({"type": "session.update", "session": {"type": "transcription", "audio": {
     "input": {"format": {"type": "audio/pcm", "rate": RATE}, "turn_detection": None}}}})
 WHISPERLIVE_OPTIONS = json.dumps({"uid": "bench", "language": "en", "task": "transcribe", "model": "small",
@@ -95,11 +97,11 @@ def openai_append(frame: bytes) -> str:
 
 
 def pcm16(audio: np.ndarray) -> bytes:
-    return np.clip(np.round(audio * 32767), -32768, 32767).astype("<i2").tobytes()
+    return Pcm.from_array(audio, RATE).data
 
 
 def f32(audio: np.ndarray) -> bytes:
-    return audio.astype("<f4").tobytes()
+    return Pcm.from_array(audio, RATE, "f32le").data
 
 
 def frames(data: bytes, sample_bytes: int) -> list[bytes]:
@@ -115,7 +117,7 @@ async def native(url: str, audio: np.ndarray, speed: float) -> str:
         async def send() -> None:
             async for frame in paced(frames(pcm16(audio), 2), speed):
                 await ws.send(frame)
-            await ws.send(json.dumps({"type": "eof"}))
+            await ws.send(native_protocol.eof())
 
         messages = await sending_while_reading(ws, send)
     return joined(m["text"] for m in messages if isinstance(m, dict) and m["type"] == "final")
@@ -214,6 +216,10 @@ class Protocol:
     port_key: str | None = None  # its own listener's serve key; None: the main port
     path: str = "/"
 
+    def target(self, chunk_ms: int) -> str:
+        """Its request path and query, with the chunk size."""
+        return (self.path if "?" in self.path else self.path + "?") + f"chunk_ms={chunk_ms}"
+
 
 PROTOCOLS = [
     Protocol("native", "PCM16, binary", native, NativeAdapter, (NATIVE_CONFIG,)),
@@ -232,9 +238,8 @@ def adapter_cost(protocol: Protocol, audio: np.ndarray, chunk_ms: int) -> dict[s
     """In this process, without sockets: the protocol's own work per audio second — its adapter
     reading the client's frames (JSON, base64) and the session core decoding their audio to
     float32, and its adapter writing one partial per chunk — as the server's event loop does it."""
-    model = ModelInfo.describe("tones", RATE, ATT_CONTEXT_SIZES, frame_s=0.08, default_chunk_ms=chunk_ms)
-    target = (protocol.path if "?" in protocol.path else protocol.path + "?") + f"chunk_ms={chunk_ms}"
-    adapter = protocol.adapter(Connection.from_request("bench", target, {}), model)
+    model = ModelInfo.describe("tones", RATE, list(ATT_CONTEXT_SIZES), frame_s=0.08, default_chunk_ms=chunk_ms)
+    adapter = protocol.adapter(Connection.from_request("bench", protocol.target(chunk_ms), {}), model)
     messages = [protocol.wrap(frame) for frame in frames(pcm16(audio) if protocol.sample_bytes == 2 else f32(audio),
                                                           protocol.sample_bytes)]
     config: SessionConfig | None = None
@@ -278,8 +283,7 @@ def joined(texts: Any) -> str:
 
 def url(server: ServerProcess, protocol: Protocol, ports: dict[str, int], chunk_ms: int) -> str:
     port = ports[protocol.port_key] if protocol.port_key else server.port
-    path = protocol.path if "?" in protocol.path else protocol.path + "?"
-    return f"ws://127.0.0.1:{port}{path}chunk_ms={chunk_ms}"
+    return f"ws://127.0.0.1:{port}{protocol.target(chunk_ms)}"
 
 
 def one_run(server: ServerProcess, protocol: Protocol, ports: dict[str, int], audios: list[np.ndarray],
@@ -309,7 +313,7 @@ def one_run(server: ServerProcess, protocol: Protocol, ports: dict[str, int], au
 
 def session_audio(rng: np.random.Generator, seconds: float) -> tuple[np.ndarray, str]:
     """One tone sequence of about ``seconds`` (0.4 s a letter; no letter next to itself), and its text."""
-    sequence = tones.synthesize(letters_without_runs(rng, max(1, round(seconds / 0.4))), rng)
+    sequence = tones.synthesize(tones.letters_without_runs(rng, max(1, round(seconds / 0.4))), rng)
     return sequence.audio, sequence.text
 
 

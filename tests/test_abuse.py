@@ -19,7 +19,7 @@ from conftest import ROOT, log_records
 from test_security import closed_sessions, paced, session
 from test_server import assert_complete, stream, tone_pcm, tone_spans
 
-from streamd.bench.server import letters_without_runs, per_session_bound, upload_attack
+from streamd.bench.server import per_session_bound, upload_attack
 from streamd.models import tones
 from streamd.serverproc import ServerProcess, start_server
 
@@ -27,7 +27,7 @@ from streamd.serverproc import ServerProcess, start_server
 def sequences(rng: np.random.Generator, count: int, letters: int) -> list[tones.ToneSequence]:
     """``count`` tone sequences of ``letters`` letters, none next to itself (whole transcripts are
     asserted: a run of one tone is the tone model's known weakness, not what is tested here)."""
-    return [tones.synthesize(letters_without_runs(rng, letters), rng) for _ in range(count)]
+    return [tones.synthesize(tones.letters_without_runs(rng, letters), rng) for _ in range(count)]
 
 
 # ---------------------------------------------------------------------- the upload attack

@@ -336,13 +336,7 @@ def test_sherpa_bad_audio_closes_with_a_reason(server: ServerProcess, protocol_p
 def without_runs(rng: np.random.Generator, count: int) -> list[tones.ToneSequence]:
     """``count`` sequences of 3-5 letters in which no letter follows itself (the tone model's one
     known weakness is a run of one tone: not what this test is about)."""
-    said = []
-    for _ in range(count):
-        letters = [str(rng.choice(list(tones.LETTERS)))]
-        while len(letters) < int(rng.integers(3, 6)):
-            letters.append(str(rng.choice([x for x in tones.LETTERS if x != letters[-1]])))
-        said.append(tones.synthesize("".join(letters), rng))
-    return said
+    return [tones.synthesize(tones.letters_without_runs(rng, int(rng.integers(3, 6))), rng) for _ in range(count)]
 
 
 def heard(protocol: str, result: dict[str, Any]) -> str:

@@ -344,15 +344,6 @@ def cache_bytes_per_stream(model: Any) -> int:
     return encoder + sum(s.numel() * s.element_size() for s in decoder)
 
 
-def letters_without_runs(rng: np.random.Generator, count: int) -> str:
-    """``count`` tone letters, none next to itself (a run of one tone is the tone model's known
-    weakness: exact transcripts then measure the server, not the model)."""
-    letters = [str(rng.choice(list(tones.LETTERS)))]
-    while len(letters) < count:
-        letters.append(str(rng.choice([x for x in tones.LETTERS if x != letters[-1]])))
-    return "".join(letters)
-
-
 @dataclass
 class SoakCounts:
     sessions: int = 0  # sessions that ended with their final and done (close 1000)
@@ -365,7 +356,7 @@ async def _soak_client(url: str, chunk_ms: int, realtime: bool, rng: np.random.G
     """Session after session until ``until`` (``time.monotonic()``): 1-6 letters (0.3-3.6 s)."""
     config = {"sample_rate": tones.SAMPLE_RATE, "chunk_ms": chunk_ms, "word_timestamps": False}
     while time.monotonic() < until:
-        sequence = tones.synthesize(letters_without_runs(rng, int(rng.integers(1, 7))), rng)
+        sequence = tones.synthesize(tones.letters_without_runs(rng, int(rng.integers(1, 7))), rng)
         pcm = Pcm.from_array(sequence.audio, tones.SAMPLE_RATE)
         try:
             result = await run_session(url, config, pcm.replay(80, realtime))
